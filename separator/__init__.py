@@ -1,0 +1,1 @@
+"""separator: local VoiceSeparate engine."""
