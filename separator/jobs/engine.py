@@ -1,0 +1,96 @@
+"""The separation engine: one input file in, one encoded file per requested role out.
+
+``decode (ffmpeg) → model.separate_stream (chunked) → combine into roles → encode (ffmpeg)``,
+streamed block by block, so memory is bounded by the model's chunk and not by the input.
+Outputs are written atomically: every output is encoded to a temporary file and only
+when *all* of them have been encoded successfully are they renamed into place.  A bad
+input, a model error or an encoder error therefore leaves nothing behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core import registry
+from ..media import Encoder, EncodeSettings, MediaProbe, decode_stream, probe, resolve_encoding
+from ..request.model import AudioConfig
+from ..storage import atomic_file
+from .roles import ROLE_ORDER, check_model_supports, combine, roles_for_mode
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (frames done, frames total)
+
+
+@dataclass
+class SeparationResult:
+    model: str
+    device: str
+    source: MediaProbe
+    settings: EncodeSettings
+    outputs: dict[str, Path]              # role -> final path, vocals first
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def separate_file(
+    input_path: str | Path,
+    targets: Mapping[str, str | Path],
+    *,
+    mode: str = "AudioAndBackground",
+    audio_config: AudioConfig | None = None,
+    model: str | None = None,
+    device: str | None = None,
+    progress: Progress | None = None,
+    model_options: Mapping[str, object] | None = None,
+) -> SeparationResult:
+    """Separate ``input_path`` and write each role of ``mode`` to ``targets[role]``.
+
+    ``targets`` may name more roles than the mode produces: the extra ones are ignored
+    (a mode writes only what it produces).  Raises :class:`~separator.errors.CIError`
+    for every user-caused failure; nothing is written in that case.
+    """
+    started = time.perf_counter()
+    roles = [r for r in ROLE_ORDER if r in roles_for_mode(mode) and targets.get(r)]
+    if not roles:
+        from ..errors import CIError
+        raise CIError("InvalidArgument", f"AudioMode {mode} produces {', '.join(roles_for_mode(mode))}, "
+                      "but no output object was named for any of them")
+    cfg = audio_config or AudioConfig()
+    source = probe(input_path)
+    settings = resolve_encoding(cfg.codec, cfg.samplerate, cfg.bitrate, cfg.channels,
+                                source=source, music_mode=(mode == "MusicMode"))
+
+    name = model or registry.default_model(mode)
+    loaded = registry.load_model(name, device=device, **dict(model_options or {}))
+    check_model_supports(mode, loaded.sources, name)
+    sr, ch = loaded.samplerate, loaded.audio_channels
+    total = int(round(source.duration * sr)) if source.duration else 0
+
+    final = {r: Path(targets[r]) for r in roles}
+    with contextlib.ExitStack() as stack:
+        tmp = {r: stack.enter_context(atomic_file(final[r])) for r in roles}
+        encoders = {r: stack.enter_context(Encoder(tmp[r], settings, sr, ch)) for r in roles}
+        done = 0
+
+        def on_progress(frames: int) -> None:
+            nonlocal done
+            done += frames
+            if progress:
+                progress(done, max(total, done))
+
+        for block in loaded.separate_stream(decode_stream(input_path, sr, ch), progress=on_progress):
+            for role, audio in combine(block, roles, mode).items():
+                encoders[role].write(audio)
+        # Close (and check) every encoder *inside* the stack, so that one failing encoder
+        # removes all temporaries before any of them is renamed into place.
+        for enc in encoders.values():
+            enc.close()
+    seconds = time.perf_counter() - started
+    log.info("separated %s (%.1f s of audio) with %s on %s in %.2f s", input_path,
+             source.duration or 0.0, name, loaded.device, seconds)
+    return SeparationResult(name, loaded.device, source, settings, final, seconds)

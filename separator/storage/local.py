@@ -1,0 +1,169 @@
+"""Buckets on the local file system.
+
+Layout: ``<root>/<BucketName-APPID>/<object key>``.  Every key and bucket name is
+validated before it becomes a path, and the resolved path is checked to stay inside
+its bucket, so no request can read or write outside the storage root.  Objects are
+written atomically: a temporary file in the same directory, fsync, then
+``os.replace``; a failed or interrupted write never leaves a partial object.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CIError
+
+BUCKET_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?-[0-9]{1,20}$")
+MAX_KEY_BYTES = 850  # COS limit for object keys
+TMP_PREFIX = ".separator-tmp-"
+
+
+def validate_bucket(bucket: str) -> str:
+    if not isinstance(bucket, str) or not BUCKET_RE.match(bucket):
+        raise CIError("InvalidBucketName" if bucket else "InvalidArgument",
+                      f"bucket name {bucket!r} is not of the form <name>-<APPID> "
+                      "(lower-case letters, digits and '-', then digits)", resource=str(bucket))
+    return bucket
+
+
+def validate_key(key: str) -> str:
+    """An object key that is safe to map to a path inside a bucket."""
+    if not isinstance(key, str) or not key:
+        raise CIError("InvalidArgument", "object key is empty", resource=str(key))
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise CIError("KeyTooLong", f"object key is longer than {MAX_KEY_BYTES} bytes", resource=key[:64])
+    if key.startswith("/") or "\\" in key:
+        raise CIError("InvalidArgument", f"object key {key!r} must be relative and use '/'", resource=key)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise CIError("InvalidArgument", "object key contains control characters", resource=key)
+    parts = key.split("/")
+    if any(p in ("..", ".") for p in parts) or any(p == "" for p in parts[:-1]):
+        raise CIError("InvalidArgument", f"object key {key!r} has an empty, '.' or '..' segment", resource=key)
+    if parts[-1] == "" or parts[-1].startswith(TMP_PREFIX):
+        raise CIError("InvalidArgument", f"object key {key!r} does not name a file", resource=key)
+    return key
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime: float
+    path: Path
+
+
+class LocalStorage:
+    """The storage root: buckets are directories, objects are files."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).resolve()
+
+    # -- paths ---------------------------------------------------------------
+    def bucket_path(self, bucket: str, *, create: bool = False) -> Path:
+        path = self.root / validate_bucket(bucket)
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def object_path(self, bucket: str, key: str) -> Path:
+        base = self.bucket_path(bucket)
+        path = (base / validate_key(key)).resolve()
+        # Symlinks inside a bucket must not lead out of it.
+        if base.resolve() not in path.parents:
+            raise CIError("AccessDenied", f"object key {key!r} escapes its bucket", status=403, resource=key)
+        return path
+
+    # -- reads ---------------------------------------------------------------
+    def exists(self, bucket: str, key: str) -> bool:
+        return self.object_path(bucket, key).is_file()
+
+    def require(self, bucket: str, key: str) -> Path:
+        """The path of an existing object, or the protocol's ResourceNotFound."""
+        path = self.object_path(bucket, key)
+        if not path.is_file():
+            raise CIError("ResourceNotFound", f"input object {key!r} does not exist in bucket {bucket}",
+                          resource=key)
+        return path
+
+    def stat(self, bucket: str, key: str) -> ObjectInfo:
+        path = self.require(bucket, key)
+        st = path.stat()
+        return ObjectInfo(key, st.st_size, st.st_mtime, path)
+
+    def md5(self, bucket: str, key: str) -> str:
+        return file_md5(self.require(bucket, key))
+
+    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects of a bucket whose key starts with ``prefix``, in key order."""
+        base = self.bucket_path(bucket)
+        if not base.is_dir():
+            return
+        found = []
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if name.startswith(TMP_PREFIX):
+                    continue
+                path = Path(dirpath) / name
+                key = path.relative_to(base).as_posix()
+                if key.startswith(prefix):
+                    st = path.stat()
+                    found.append(ObjectInfo(key, st.st_size, st.st_mtime, path))
+        yield from sorted(found, key=lambda o: o.key)
+
+    # -- writes --------------------------------------------------------------
+    @contextlib.contextmanager
+    def atomic_path(self, bucket: str, key: str) -> Iterator[Path]:
+        """A temporary path next to the object; renamed onto it only if the block succeeds."""
+        final = self.object_path(bucket, key)
+        self.bucket_path(bucket, create=True)
+        with atomic_file(final) as tmp:
+            yield tmp
+
+    def put_bytes(self, bucket: str, key: str, data: bytes) -> Path:
+        with self.atomic_path(bucket, key) as tmp:
+            tmp.write_bytes(data)
+        return self.object_path(bucket, key)
+
+    def delete(self, bucket: str, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.object_path(bucket, key).unlink()
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path in ``final``'s directory; on success fsync it and rename it onto
+    ``final``; on any exception remove it, leaving ``final`` as it was."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=final.suffix, dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; objects get the usual mode
+        os.replace(tmp_path, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def file_md5(path: str | os.PathLike[str]) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
