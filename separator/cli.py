@@ -60,6 +60,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server.main import main as serve_main
+
+    return serve_main(args)
+
+
 def _model_options(args: argparse.Namespace) -> dict:
     opts = {}
     for name in ("shifts", "overlap", "segment", "jobs", "model_dir"):
@@ -122,16 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_run)
 
-    try:
-        from .models_cli import add_models_parser
-        add_models_parser(sub)
-    except ImportError:  # pragma: no cover - during bootstrap
-        pass
-    try:
-        from .server.cli import add_serve_parser
-        add_serve_parser(sub)
-    except ImportError:  # pragma: no cover
-        pass
+    p = sub.add_parser("serve", help="serve the cloud's VoiceSeparate job API on localhost",
+                       description="Serve the VoiceSeparate job, template and queue API and the COS "
+                       "object calls the official SDK makes, on a local storage root. Jobs run in "
+                       "worker processes; jobs, templates and queues persist in SQLite.")
+    from .server.main import build_parser as build_serve_parser
+    build_serve_parser(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

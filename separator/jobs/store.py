@@ -1,0 +1,473 @@
+"""The job service's persistent state: jobs, templates and queues in one SQLite file.
+
+stdlib ``sqlite3`` in WAL mode, one connection per thread, every state change in one
+short transaction.  The state machine (spec §2.4) is enforced here, in the ``WHERE``
+clauses, so that two threads (request handlers, the scheduler) can never move a job
+twice:
+
+* ``Submitted → Running``   :meth:`JobStore.claim_next` (highest JobLevel, then FIFO);
+* ``Running → Success|Failed`` :meth:`JobStore.finish` (only a Running job of the same attempt);
+* ``Running → Submitted``   :meth:`JobStore.requeue` (its worker died) and :meth:`JobStore.recover`
+  (the server stopped while it ran: it runs again from the start);
+* ``Submitted → Cancel``    :meth:`JobStore.cancel`.
+
+Times are stored as UNIX seconds (float); the request is stored as the JSON of the parsed
+:class:`~separator.request.JobRequest` and the result (MediaResult, MediaInfo, …) as JSON.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import CIError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id       TEXT NOT NULL UNIQUE,
+    bucket       TEXT NOT NULL,
+    region       TEXT NOT NULL,
+    queue_id     TEXT NOT NULL,
+    tag          TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    level        INTEGER NOT NULL DEFAULT 0,
+    created      REAL NOT NULL,
+    started      REAL,
+    ended        REAL,
+    input_object TEXT,
+    request      TEXT NOT NULL,
+    template     TEXT,
+    result       TEXT,
+    code         TEXT NOT NULL DEFAULT 'Success',
+    message      TEXT NOT NULL DEFAULT '',
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    crashes      INTEGER NOT NULL DEFAULT 0,
+    worker       TEXT,
+    meta         TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS jobs_pick ON jobs(state, level DESC, seq);
+CREATE INDEX IF NOT EXISTS jobs_bucket ON jobs(bucket, seq);
+CREATE TABLE IF NOT EXISTS templates (
+    template_id TEXT PRIMARY KEY,
+    bucket      TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    tag         TEXT NOT NULL,
+    category    TEXT NOT NULL DEFAULT 'Custom',
+    params      TEXT NOT NULL,
+    created     REAL NOT NULL,
+    updated     REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS queues (
+    queue_id TEXT PRIMARY KEY,
+    bucket   TEXT NOT NULL UNIQUE,
+    name     TEXT NOT NULL,
+    state    TEXT NOT NULL DEFAULT 'Active',
+    notify   TEXT NOT NULL DEFAULT '{}',
+    created  REAL NOT NULL,
+    updated  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS objects (
+    bucket       TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    mtime        REAL NOT NULL,
+    md5          TEXT NOT NULL,
+    content_type TEXT,
+    meta         TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (bucket, key)
+);
+"""
+
+STATES = ("Submitted", "Running", "Success", "Failed", "Pause", "Cancel")
+FINAL = ("Success", "Failed", "Cancel")
+
+
+def new_id(prefix: str, hex_len: int) -> str:
+    return prefix + secrets.token_hex((hex_len + 1) // 2)[:hex_len]
+
+
+@dataclass
+class JobRow:
+    seq: int
+    job_id: str
+    bucket: str
+    region: str
+    queue_id: str
+    tag: str
+    state: str
+    level: int
+    created: float
+    started: float | None
+    ended: float | None
+    input_object: str | None
+    request: str
+    template: str | None
+    result: str | None
+    code: str
+    message: str
+    attempts: int
+    crashes: int
+    worker: str | None
+    meta: str = "{}"
+
+    @property
+    def meta_dict(self) -> dict[str, Any]:
+        return json.loads(self.meta or "{}")
+
+    @property
+    def template_dict(self) -> dict[str, Any] | None:
+        return json.loads(self.template) if self.template else None
+
+    @property
+    def result_dict(self) -> dict[str, Any]:
+        return json.loads(self.result) if self.result else {}
+
+
+@dataclass
+class TemplateRow:
+    template_id: str
+    bucket: str
+    name: str
+    tag: str
+    category: str
+    params: str
+    created: float
+    updated: float
+
+    @property
+    def params_dict(self) -> dict[str, Any]:
+        return json.loads(self.params)
+
+
+@dataclass
+class QueueRow:
+    queue_id: str
+    bucket: str
+    name: str
+    state: str
+    notify: str
+    created: float
+    updated: float
+
+    @property
+    def notify_dict(self) -> dict[str, str]:
+        return json.loads(self.notify or "{}")
+
+
+@dataclass
+class ObjectRow:
+    bucket: str
+    key: str
+    size: int
+    mtime: float
+    md5: str
+    content_type: str | None
+    meta: str
+
+
+def _invalid(message: str, resource: str | None = None) -> CIError:
+    return CIError("InvalidArgument", message, resource=resource)
+
+
+class JobStore:
+    """All persistent state of one ``separator serve`` (thread-safe; one connection per thread)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._db().executescript(SCHEMA)
+
+    # -- plumbing ------------------------------------------------------------
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            self._local.db = db
+        return db
+
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection):
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+    def _tx(self) -> JobStore._Tx:
+        return JobStore._Tx(self._db())
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    # -- jobs ----------------------------------------------------------------
+    def add_job(self, *, job_id: str, bucket: str, region: str, queue_id: str, tag: str, level: int,
+                created: float, input_object: str | None, request: str,
+                template: dict[str, Any] | None, meta: dict[str, Any] | None = None) -> JobRow:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO jobs(job_id,bucket,region,queue_id,tag,state,level,created,input_object,"
+                "request,template,meta) VALUES (?,?,?,?,?,'Submitted',?,?,?,?,?,?)",
+                (job_id, bucket, region, queue_id, tag, int(level), created, input_object, request,
+                 json.dumps(template) if template else None, json.dumps(meta or {})))
+        row = self.job(job_id)
+        assert row is not None
+        return row
+
+    def job(self, job_id: str) -> JobRow | None:
+        r = self._db().execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        return JobRow(**dict(r)) if r else None
+
+    def jobs(self, bucket: str, job_ids: Sequence[str]) -> dict[str, JobRow]:
+        out: dict[str, JobRow] = {}
+        for jid in job_ids:
+            row = self.job(jid)
+            if row is not None and row.bucket == bucket:
+                out[jid] = row
+        return out
+
+    def list_jobs(self, bucket: str, *, tag: str | None = None, queue_id: str | None = None,
+                  states: Iterable[str] = (), start: float | None = None, end: float | None = None,
+                  ascending: bool = False, size: int = 10, next_token: str | None = None,
+                  input_object: str | None = None,
+                  paused_queues: Iterable[str] = ()) -> tuple[list[JobRow], str]:
+        """One page of a bucket's jobs and the token of the next page ('' on the last page).
+
+        ``states`` may contain ``Pause``: waiting jobs of a paused queue match it (they are
+        reported as ``Submitted``; see the server's behaviour notes).
+        """
+        where, args = ["bucket=?"], [bucket]
+        if tag:
+            where.append("tag=?")
+            args.append(tag)
+        if queue_id:
+            where.append("queue_id=?")
+            args.append(queue_id)
+        if input_object:
+            where.append("input_object=?")
+            args.append(input_object)
+        states = [s for s in states if s and s != "All"]
+        if states:
+            ors = []
+            plain = [s for s in states if s != "Pause"]
+            if plain:
+                ors.append(f"state IN ({','.join('?' * len(plain))})")
+                args.extend(plain)
+            if "Pause" in states:
+                paused = list(paused_queues)
+                ors.append("state='Pause'")
+                if paused:
+                    ors.append(f"(state='Submitted' AND queue_id IN ({','.join('?' * len(paused))}))")
+                    args.extend(paused)
+            where.append("(" + " OR ".join(ors) + ")")
+        if start is not None:
+            where.append("created>=?")
+            args.append(start)
+        if end is not None:
+            where.append("created<=?")
+            args.append(end)
+        if next_token:
+            try:
+                after = int(next_token, 16)
+            except ValueError:
+                raise _invalid(f"nextToken {next_token!r} is not a token this server issued",
+                               "nextToken") from None
+            where.append("seq>?" if ascending else "seq<?")
+            args.append(after)
+        order = "ASC" if ascending else "DESC"
+        rows = self._db().execute(
+            f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?",
+            (*args, size + 1)).fetchall()
+        page = [JobRow(**dict(r)) for r in rows[:size]]
+        token = format(page[-1].seq, "x") if len(rows) > size and page else ""
+        return page, token
+
+    def claim_next(self, worker: str, *, limit_queues: Iterable[str] | None = None) -> JobRow | None:
+        """Move the next runnable job to Running: highest JobLevel first, FIFO within a level,
+        skipping jobs whose queue is paused."""
+        with self._tx() as db:
+            r = db.execute(
+                "SELECT j.job_id FROM jobs j JOIN queues q ON q.queue_id=j.queue_id "
+                "WHERE j.state='Submitted' AND q.state='Active' ORDER BY j.level DESC, j.seq ASC LIMIT 1"
+            ).fetchone()
+            if r is None:
+                return None
+            db.execute("UPDATE jobs SET state='Running', started=?, attempts=attempts+1, worker=? "
+                       "WHERE job_id=? AND state='Submitted'", (time.time(), worker, r["job_id"]))
+        return self.job(r["job_id"])
+
+    def finish(self, job_id: str, *, attempt: int, state: str, code: str, message: str,
+               result: dict[str, Any] | None, started: float | None = None,
+               ended: float | None = None) -> bool:
+        """Record a job's end; False (and nothing changed) unless it is Running that attempt."""
+        assert state in ("Success", "Failed")
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state=?, code=?, message=?, result=?, started=COALESCE(?, started), "
+                "ended=?, worker=NULL WHERE job_id=? AND state='Running' AND attempts=?",
+                (state, code, message, json.dumps(result) if result is not None else None, started,
+                 ended or time.time(), job_id, attempt))
+            return cur.rowcount == 1
+
+    def requeue(self, job_id: str, *, attempt: int, crashed: bool, max_attempts: int,
+                message: str = "") -> str | None:
+        """A Running job whose worker went away: back to Submitted, or Failed once it has
+        crashed ``max_attempts`` times.  Returns the new state (None if it was not Running)."""
+        with self._tx() as db:
+            row = db.execute("SELECT crashes FROM jobs WHERE job_id=? AND state='Running' AND attempts=?",
+                             (job_id, attempt)).fetchone()
+            if row is None:
+                return None
+            crashes = row["crashes"] + (1 if crashed else 0)
+            if crashes >= max_attempts:
+                db.execute("UPDATE jobs SET state='Failed', code='InternalError', message=?, crashes=?, "
+                           "ended=?, worker=NULL WHERE job_id=?",
+                           (message or f"the worker running this job died {crashes} times",
+                            crashes, time.time(), job_id))
+                return "Failed"
+            db.execute("UPDATE jobs SET state='Submitted', started=NULL, crashes=?, worker=NULL "
+                       "WHERE job_id=?", (crashes, job_id))
+            return "Submitted"
+
+    def recover(self) -> list[str]:
+        """At start: jobs left Running by a stopped server run again from the start."""
+        with self._tx() as db:
+            ids = [r["job_id"] for r in db.execute("SELECT job_id FROM jobs WHERE state='Running'")]
+            db.execute("UPDATE jobs SET state='Submitted', started=NULL, worker=NULL WHERE state='Running'")
+        return ids
+
+    def cancel(self, bucket: str, job_id: str) -> JobRow:
+        with self._tx() as db:
+            r = db.execute("SELECT state FROM jobs WHERE job_id=? AND bucket=?", (job_id, bucket)).fetchone()
+            if r is None:
+                raise _invalid(f"job {job_id} does not exist", job_id)
+            if r["state"] == "Cancel":
+                pass
+            elif r["state"] in ("Submitted", "Pause"):
+                db.execute("UPDATE jobs SET state='Cancel', ended=? WHERE job_id=?", (time.time(), job_id))
+            else:
+                raise _invalid("The job provided can not be modified", job_id)
+        row = self.job(job_id)
+        assert row is not None
+        return row
+
+    def count(self, *states: str) -> int:
+        q = "SELECT COUNT(*) FROM jobs"
+        if states:
+            q += f" WHERE state IN ({','.join('?' * len(states))})"
+        return self._db().execute(q, states).fetchone()[0]
+
+    # -- templates -----------------------------------------------------------
+    def add_template(self, bucket: str, *, name: str, tag: str, params: dict[str, Any]) -> TemplateRow:
+        tid, now = new_id("t", 33), time.time()
+        with self._tx() as db:
+            db.execute("INSERT INTO templates VALUES (?,?,?,?,'Custom',?,?,?)",
+                       (tid, bucket, name, tag, json.dumps(params), now, now))
+        return self.template(bucket, tid)  # type: ignore[return-value]
+
+    def update_template(self, bucket: str, template_id: str, *, name: str, tag: str,
+                        params: dict[str, Any]) -> TemplateRow:
+        with self._tx() as db:
+            cur = db.execute("UPDATE templates SET name=?, tag=?, params=?, updated=? "
+                             "WHERE template_id=? AND bucket=?",
+                             (name, tag, json.dumps(params), time.time(), template_id, bucket))
+            if cur.rowcount != 1:
+                raise _invalid(f"template {template_id} does not exist", template_id)
+        return self.template(bucket, template_id)  # type: ignore[return-value]
+
+    def template(self, bucket: str, template_id: str) -> TemplateRow | None:
+        r = self._db().execute("SELECT * FROM templates WHERE template_id=? AND bucket=?",
+                               (template_id, bucket)).fetchone()
+        return TemplateRow(**dict(r)) if r else None
+
+    def query_templates(self, bucket: str, *, ids: Sequence[str] = (), name: str = "",
+                        tag: str | None = None, category: str | None = None,
+                        page: int = 1, page_size: int = 10) -> tuple[list[TemplateRow], int]:
+        where, args = ["bucket=?"], [bucket]
+        if ids:
+            where.append(f"template_id IN ({','.join('?' * len(ids))})")
+            args.extend(ids)
+        if name:
+            where.append("substr(name, 1, ?) = ?")
+            args.extend([len(name), name])
+        if tag and tag != "All":
+            where.append("tag=?")
+            args.append(tag)
+        if category and category != "All":
+            where.append("category=?")
+            args.append(category)
+        w = " AND ".join(where)
+        total = self._db().execute(f"SELECT COUNT(*) FROM templates WHERE {w}", args).fetchone()[0]
+        rows = self._db().execute(f"SELECT * FROM templates WHERE {w} ORDER BY created, template_id "
+                                  "LIMIT ? OFFSET ?", (*args, page_size, (page - 1) * page_size))
+        return [TemplateRow(**dict(r)) for r in rows], total
+
+    def delete_template(self, bucket: str, template_id: str) -> None:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM templates WHERE template_id=? AND bucket=?", (template_id, bucket))
+            if cur.rowcount != 1:
+                raise _invalid(f"template {template_id} does not exist", template_id)
+
+    # -- queues --------------------------------------------------------------
+    def queue_for(self, bucket: str, *, name: str = "speech-queue",
+                  notify: dict[str, str] | None = None) -> QueueRow:
+        """The bucket's speech queue, created on first use (one per bucket)."""
+        r = self._db().execute("SELECT * FROM queues WHERE bucket=?", (bucket,)).fetchone()
+        if r is None:
+            now = time.time()
+            with self._tx() as db:
+                db.execute("INSERT OR IGNORE INTO queues VALUES (?,?,?,'Active',?,?,?)",
+                           (new_id("p", 32), bucket, name, json.dumps(notify or {}), now, now))
+            r = self._db().execute("SELECT * FROM queues WHERE bucket=?", (bucket,)).fetchone()
+        return QueueRow(**dict(r))
+
+    def queue(self, queue_id: str) -> QueueRow | None:
+        r = self._db().execute("SELECT * FROM queues WHERE queue_id=?", (queue_id,)).fetchone()
+        return QueueRow(**dict(r)) if r else None
+
+    def paused_queues(self) -> list[str]:
+        return [r[0] for r in self._db().execute("SELECT queue_id FROM queues WHERE state='Paused'")]
+
+    def update_queue(self, bucket: str, queue_id: str, *, name: str | None = None,
+                     state: str | None = None, notify: dict[str, str] | None = None) -> QueueRow:
+        with self._tx() as db:
+            r = db.execute("SELECT * FROM queues WHERE queue_id=? AND bucket=?", (queue_id, bucket)).fetchone()
+            if r is None:
+                raise _invalid(f"queue {queue_id} does not exist", queue_id)
+            db.execute("UPDATE queues SET name=?, state=?, notify=?, updated=? WHERE queue_id=?",
+                       (name if name else r["name"], state or r["state"],
+                        json.dumps(notify) if notify is not None else r["notify"], time.time(), queue_id))
+        q = self.queue(queue_id)
+        assert q is not None
+        return q
+
+    # -- object metadata (ETag cache, Content-Type, x-cos-meta-*) ------------------
+    def object_meta(self, bucket: str, key: str) -> ObjectRow | None:
+        r = self._db().execute("SELECT * FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone()
+        return ObjectRow(**dict(r)) if r else None
+
+    def put_object_meta(self, row: ObjectRow) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?)",
+                       (row.bucket, row.key, row.size, row.mtime, row.md5, row.content_type, row.meta))
+
+    def delete_object_meta(self, bucket: str, key: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM objects WHERE bucket=? AND key=?", (bucket, key))

@@ -1,0 +1,82 @@
+"""Command line of ``separator serve`` (also ``python -m separator.server``)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .config import ServerConfig, build_config
+
+log = logging.getLogger("separator.server")
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Add the ``serve`` options to ``parser`` (a sub-command parser) or a new one."""
+    p = parser or argparse.ArgumentParser(prog="separator serve",
+                                          description="Serve the VoiceSeparate job API and COS object "
+                                                      "calls on a local storage root.")
+    p.add_argument("--storage", required=True, help="storage root: <root>/<BucketName-APPID>/<key>")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8080; 0 = any free port)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per GPU, else one)")
+    p.add_argument("--config", default=None, help="TOML or YAML file: keys, anonymous, region, models, …")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return build_config(args.storage, config_file=args.config, host=args.host, port=args.port,
+                        workers=args.workers)
+
+
+def run_server(cfg: ServerConfig, *, log_level: str = "info") -> None:
+    """Run until interrupted (SIGINT/SIGTERM stop it cleanly)."""
+    import uvicorn
+
+    from .app import create_app
+
+    logging.basicConfig(level=getattr(logging, log_level.upper()),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if cfg.anonymous:
+        banner = "!" * 78
+        log.warning("%s\n  ANONYMOUS ACCESS IS ON: requests are NOT authenticated; anyone who can reach "
+                    "%s:%s can read, write and delete objects and submit jobs.\n%s",
+                    banner, cfg.host, cfg.port, banner)
+    elif not cfg.keys:
+        log.warning("no key pairs are configured ([[keys]] SecretId/SecretKey in --config): "
+                    "every request will be refused with 403")
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: reachable from other machines", cfg.host)
+    app = create_app(cfg)
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level, access_log=False,
+                            lifespan="on", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT after its graceful shutdown
+        pass
+
+
+def serve(argv: Sequence[str] | None = None) -> int:
+    """``separator serve [--storage ROOT] [--host H] [--port P] [--workers N] [--config FILE]``."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        cfg = config_from_args(args)
+    except (OSError, ValueError) as err:
+        print(f"separator serve: {err}", file=sys.stderr)
+        return 2
+    run_server(cfg, log_level=args.log_level)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """For a CLI that already parsed the options with :func:`build_parser`."""
+    try:
+        cfg = config_from_args(args)
+    except (OSError, ValueError) as err:
+        print(f"separator serve: {err}", file=sys.stderr)
+        return 2
+    run_server(cfg, log_level=getattr(args, "log_level", "info"))
+    return 0
