@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_run)
 
+    from .models_cli import add_models_parser
+    add_models_parser(sub)
+
     p = sub.add_parser("serve", help="serve the cloud's VoiceSeparate job API on localhost",
                        description="Serve the VoiceSeparate job, template and queue API and the COS "
                        "object calls the official SDK makes, on a local storage root. Jobs run in "

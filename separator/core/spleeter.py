@@ -226,6 +226,29 @@ class Spleeter2Stems(ChunkedModel):
         return torch.stack([vocals, accomp])
 
 
-def load(spec: ModelSpec, device: str, **options) -> Spleeter2Stems:
-    """Registry factory."""
+def load(spec: ModelSpec, device: str, *, model_dir: str | None = None, jobs: int | None = None,
+         shifts: int = 0, overlap: float | None = None, segment: float | None = None,
+         **options) -> Spleeter2Stems:
+    """Registry factory.  Takes the engine's generic knobs and maps them onto this model:
+    ``segment`` (seconds) → whole U-Net segments per chunk (11.9 s each), ``overlap``
+    (fraction of a chunk) → the cross-fade length.  ``shifts`` has no meaning here (Demucs only);
+    ``model_dir`` and ``jobs`` are Demucs settings and are ignored."""
+    from ..errors import CIError
+
+    if shifts:
+        raise CIError("InvalidArgument", "shifts applies to Demucs models; the bundled "
+                      "spleeter-2stems model has no shift augmentation", resource="shifts")
+    p = StftParams()
+    seg_seconds = p.segment_frames * p.frame_step / spec.samplerate
+    if segment is not None:
+        if not 0 < segment <= 60 * 60:
+            raise CIError("InvalidArgument", f"segment must be a positive number of seconds, got {segment}",
+                          resource="segment")
+        options["segments_per_chunk"] = max(1, round(segment / seg_seconds))
+    if overlap is not None:
+        if not 0 <= overlap < 1:
+            raise CIError("InvalidArgument", f"overlap must be in [0, 1), got {overlap}", resource="overlap")
+        per_chunk = options.get("segments_per_chunk", DEFAULT_SEGMENTS_PER_CHUNK)
+        chunk = per_chunk * p.segment_frames * p.frame_step - p.frame_length
+        options["overlap"] = int(overlap * chunk)
     return Spleeter2Stems(device, spec=spec, **options)

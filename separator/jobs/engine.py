@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..core import registry
 from ..media import Encoder, EncodeSettings, MediaProbe, decode_stream, probe, resolve_encoding
 from ..request.model import AudioConfig
@@ -24,6 +26,49 @@ from .roles import ROLE_ORDER, check_model_supports, combine, roles_for_mode
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (frames done, frames total)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """The input as a *re-iterable* stream of float32 blocks: each iteration decodes it again
+    (ffmpeg decodes at hundreds of times realtime).  Models that need whole-track statistics
+    before separating (Demucs normalises by the track's mean/std) make a cheap first pass
+    instead of holding the track in memory."""
+
+    path: str | Path
+    samplerate: int
+    channels: int
+    info: MediaProbe | None = None
+
+    def __iter__(self):
+        return decode_stream(self.path, self.samplerate, self.channels, info=self.info)
+
+
+class Reblocker:
+    """Hands out exactly ``n`` frames at a time from a stream of arbitrarily sized blocks."""
+
+    def __init__(self, blocks):
+        self._blocks = blocks
+        self._buf: list[np.ndarray] = []
+        self._have = 0
+
+    def take(self, n: int) -> np.ndarray:
+        while self._have < n:
+            block = next(self._blocks, None)
+            if block is None:
+                raise RuntimeError(f"mixture stream ended {n - self._have} frames early")
+            self._buf.append(block)
+            self._have += len(block)
+        joined = self._buf[0] if len(self._buf) == 1 else np.concatenate(self._buf, axis=0)
+        out, rest = joined[:n], joined[n:]
+        self._buf = [rest] if len(rest) else []
+        self._have = len(rest)
+        return out
+
+    def close(self) -> None:
+        close = getattr(self._blocks, "close", None)
+        if close is not None:
+            close()  # stops the decoder subprocess
 
 
 @dataclass
@@ -83,8 +128,15 @@ def separate_file(
             if progress:
                 progress(done, max(total, done))
 
-        for block in loaded.separate_stream(decode_stream(input_path, sr, ch), progress=on_progress):
-            for role, audio in combine(block, roles, mode).items():
+        decoded = Decoded(input_path, sr, ch, source)
+        # The mixture again, frame-aligned with the model's output, for the residual background.
+        mixture = Reblocker(iter(decoded)) if "background" in roles else None
+        if mixture is not None:
+            stack.callback(mixture.close)
+        for block in loaded.separate_stream(decoded, progress=on_progress):
+            frames = len(next(iter(block.values())))
+            mix = mixture.take(frames) if mixture is not None else None
+            for role, audio in combine(block, roles, mode, mix).items():
                 encoders[role].write(audio)
         # Close (and check) every encoder *inside* the stack, so that one failing encoder
         # removes all temporaries before any of them is renamed into place.

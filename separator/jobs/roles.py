@@ -5,9 +5,14 @@ Pure functions.  A *role* is one output of the protocol: ``vocals`` (AuObject),
 stems a model produces, the roles are built so that the outputs a mode writes sum
 back to the input (before encoding):
 
-* 2-stem modes: vocals = the model's vocals; background = every other source.
-* MusicMode: vocals, bass, drums as the model gives them; background = everything
-  else (``other``, and ``guitar`` + ``piano`` for a 6-stem model).
+* 2-stem modes: vocals = the model's vocals; background = the mixture minus the vocals.
+* MusicMode: vocals, bass, drums as the model gives them; background = the mixture minus
+  those three, i.e. everything else (``other``, and ``guitar`` + ``piano`` for a 6-stem
+  model) plus whatever the model left unassigned.
+
+Taking the background as the *residual* rather than the sum of the remaining sources makes
+the outputs sum back to the input exactly, whatever the model (Demucs' sources only sum to
+the mixture approximately); for a model whose sources do sum to the mixture it is the same.
 """
 from __future__ import annotations
 
@@ -49,14 +54,22 @@ def check_model_supports(mode: str, sources: Sequence[str], model_name: str) -> 
                       f"(it separates {', '.join(sources)}).{hint}")
 
 
-def combine(stems: Mapping[str, np.ndarray], roles: Sequence[str], mode: str) -> dict[str, np.ndarray]:
-    """Build the requested roles from a block of model sources (each (frames, channels))."""
-    own = {"vocals"} | ({"bass", "drums"} if mode == "MusicMode" else set())
+def owned_sources(mode: str) -> frozenset[str]:
+    """The sources a mode writes as they are; the background is the rest."""
+    return frozenset({"vocals", "bass", "drums"} if mode == "MusicMode" else {"vocals"})
+
+
+def combine(stems: Mapping[str, np.ndarray], roles: Sequence[str], mode: str,
+            mixture: np.ndarray) -> dict[str, np.ndarray]:
+    """Build the requested roles from a block of model sources and the same frames of the
+    mixture (each ``(frames, channels)`` float32)."""
     out: dict[str, np.ndarray] = {}
     for role in roles:
         if role == "background":
-            rest = [v for k, v in stems.items() if k not in own]
-            out[role] = np.sum(rest, axis=0, dtype=np.float32) if len(rest) > 1 else rest[0]
+            rest = mixture.astype(np.float32, copy=True)
+            for name in owned_sources(mode):
+                rest -= stems[name]
+            out[role] = rest
         else:
             out[role] = stems[role]
     return out

@@ -1,0 +1,351 @@
+"""Where model weights live, and how they get there: list, pull, verify.
+
+Layout (see ``models/README.md``)::
+
+    <model_dir>/                 $SEPARATOR_MODEL_DIR, the CLI's --model-dir, or
+                                 $XDG_CACHE_HOME/separator/models (~/.cache/separator/models)
+        demucs/                  a demucs "local repo", usable as-is with `demucs --repo`
+            955717e8-8726e21a.th     <sig>-<sha256[:8]>.th, demucs.states.save_with_checksum format
+            htdemucs.yaml            bag definition (models / weights / segment)
+
+If ``<model_dir>/demucs`` does not exist but ``<model_dir>`` itself holds ``.th``
+files, ``<model_dir>`` is used as the demucs repo (so an existing ``demucs --repo``
+folder can be pointed at directly).
+
+Weights are never fetched behind the user's back without a fast connectivity
+check: when the download host cannot be reached within a few seconds, every
+entry point raises :class:`~separator.errors.ModelUnavailable` with the exact
+files to copy and where.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import urllib.parse
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from separator.errors import ModelUnavailable
+
+from .catalogue import DEMUCS_URL_ROOT, CatalogueModel, WeightFile, demucs_catalogue
+
+ENV_MODEL_DIR = "SEPARATOR_MODEL_DIR"
+#: Replaces https://dl.fbaipublicfiles.com/demucs/ (an internal mirror, or a dead address in tests).
+ENV_DEMUCS_MIRROR = "SEPARATOR_DEMUCS_MIRROR"
+#: Set to 1 to never touch the network (pull and auto-download fail at once).
+ENV_OFFLINE = "SEPARATOR_OFFLINE"
+
+CONNECT_TIMEOUT_S = 3.0
+
+
+# --------------------------------------------------------------------------- locations
+
+def model_dir(override: str | os.PathLike | None = None) -> Path:
+    """The model directory: ``override`` > ``$SEPARATOR_MODEL_DIR`` >
+    ``$XDG_CACHE_HOME/separator/models`` > ``~/.cache/separator/models``."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get(ENV_MODEL_DIR)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "separator" / "models"
+
+
+def demucs_repo(root: str | os.PathLike | None = None) -> Path:
+    """The demucs local repo inside the model directory (see module doc)."""
+    base = model_dir(root)
+    sub = base / "demucs"
+    if not sub.is_dir() and base.is_dir() and any(base.glob("*.th")):
+        return base
+    return sub
+
+
+def _url(f: WeightFile) -> str:
+    mirror = os.environ.get(ENV_DEMUCS_MIRROR)
+    if mirror:
+        return mirror.rstrip("/") + "/" + f.url[len(DEMUCS_URL_ROOT):]
+    return f.url
+
+
+# --------------------------------------------------------------------------- checks
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for buf in iter(lambda: fh.read(1 << 20), b""):
+            h.update(buf)
+    return h.hexdigest()
+
+
+def split_name(path: Path) -> tuple[str, str | None]:
+    """``<sig>-<checksum>.th`` -> (sig, checksum); ``<sig>.th`` -> (sig, None)."""
+    stem = path.stem
+    if "-" in stem:
+        sig, checksum = stem.rsplit("-", 1)
+        return sig, checksum
+    return stem, None
+
+
+@dataclass
+class FileCheck:
+    path: Path
+    sig: str
+    expected: str | None          # checksum from the file name / catalogue
+    actual: str | None            # sha256 prefix of the file's bytes (None: missing)
+    status: str                   # ok | missing | corrupt | truncated | unchecked
+    detail: str = ""
+    size: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "unchecked")
+
+
+def check_file(path: Path, expected: str | None = None) -> FileCheck:
+    """Verify one weight file: its sha256 prefix must match the checksum in its name
+    (and ``expected`` from the catalogue, if given); a torch zip archive that cannot be
+    opened is reported as truncated."""
+    sig, in_name = split_name(path)
+    expected = expected or in_name
+    if not path.is_file():
+        return FileCheck(path, sig, expected, None, "missing", "file not found")
+    size = path.stat().st_size
+    digest = sha256_file(path)
+    actual = digest[: len(expected)] if expected else digest[:8]
+    if in_name and expected and in_name != expected:
+        return FileCheck(path, sig, expected, actual, "corrupt",
+                         f"file name says checksum {in_name}, catalogue says {expected}", size)
+    # torch.save writes a zip archive; a cut-off download loses its central directory.
+    try:
+        with zipfile.ZipFile(path) as zf:
+            zf.infolist()
+        readable = True
+    except (zipfile.BadZipFile, OSError, ValueError):
+        readable = False
+    if expected is None:
+        if readable:
+            return FileCheck(path, sig, None, actual, "unchecked",
+                             "no checksum in the file name", size)
+        return FileCheck(path, sig, None, actual, "truncated",
+                         "not a readable torch archive (truncated?)", size)
+    if actual == expected:
+        return FileCheck(path, sig, expected, actual, "ok", "", size)
+    status = "corrupt" if readable else "truncated"
+    return FileCheck(path, sig, expected, actual, status,
+                     f"sha256 prefix {actual} != {expected}" +
+                     ("" if readable else " and not a readable torch archive (truncated download?)"),
+                     size)
+
+
+# --------------------------------------------------------------------------- network
+
+def _probe(url: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """None when ``url``'s host accepts a TCP connection within ``timeout`` seconds,
+    else a short reason.  DNS resolution runs in a thread so it cannot hang us."""
+    if os.environ.get(ENV_OFFLINE, "").strip() not in ("", "0"):
+        return f"{ENV_OFFLINE} is set"
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    result: list[str | None] = []
+
+    def attempt():
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(None)
+        except OSError as exc:
+            result.append(f"cannot reach {host}:{port} ({exc.__class__.__name__}: {exc})")
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    if not result:
+        return f"cannot reach {host}:{port} (timed out after {timeout:g}s)"
+    return result[0]
+
+
+def copy_instructions(entry: CatalogueModel, repo: Path, missing: list[WeightFile] | None = None) -> str:
+    files = entry.files if missing is None else missing
+    lines = [f"  {f.file}  <- {_url(f)}" for f in files]
+    return (f"copy these files into {repo}/ (from a machine with network access, or from another "
+            f"demucs repo / torch hub cache ~/.cache/torch/hub/checkpoints/):\n" + "\n".join(lines) +
+            f"\nthen run `separator models verify`; or, with network access, "
+            f"`separator models pull {entry.name}`.")
+
+
+def _catalogue_entry(name: str) -> CatalogueModel:
+    cat = demucs_catalogue()
+    if name not in cat:
+        raise ModelUnavailable(f"unknown Demucs model {name!r}; known models: {', '.join(sorted(cat))}")
+    return cat[name]
+
+
+def write_bag_yaml(entry: CatalogueModel, repo: Path) -> Path:
+    """Write ``<name>.yaml`` into ``repo`` (a byte copy of the one demucs ships, if available)."""
+    target = repo / entry.bag_file
+    try:
+        import demucs.pretrained
+        src = demucs.pretrained.REMOTE_ROOT / entry.bag_file
+        text = src.read_text() if src.is_file() else entry.bag_yaml()
+    except Exception:  # noqa: BLE001 - the catalogue is enough
+        text = entry.bag_yaml()
+    repo.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    tmp.write_text(text)
+    os.replace(tmp, target)
+    return target
+
+
+def pull(name: str, root: str | os.PathLike | None = None, *, progress: bool = False,
+         force: bool = False) -> list[Path]:
+    """Download (if needed) every file of catalogue model ``name`` into the demucs repo of
+    ``root`` and verify checksums.  Returns the paths of the model's files.
+
+    Offline, fails within ~``CONNECT_TIMEOUT_S`` seconds with :class:`ModelUnavailable`
+    naming the files to copy and where."""
+    entry = _catalogue_entry(name)
+    repo = demucs_repo(root)
+    todo: list[WeightFile] = []
+    for f in entry.files:
+        chk = check_file(repo / f.file, f.checksum)
+        if force or chk.status != "ok":
+            todo.append(f)
+    if todo:
+        reason = _probe(_url(todo[0]))
+        if reason:
+            raise ModelUnavailable(
+                f"cannot download Demucs model {name!r}: {reason}. " + copy_instructions(entry, repo, todo))
+        repo.mkdir(parents=True, exist_ok=True)
+        import torch.hub
+        for f in todo:
+            part = repo / (f.file + ".part")
+            try:
+                torch.hub.download_url_to_file(_url(f), str(part), hash_prefix=f.checksum,
+                                               progress=progress)
+            except Exception as exc:  # URLError, OSError, RuntimeError("invalid hash value")
+                part.unlink(missing_ok=True)
+                raise ModelUnavailable(
+                    f"download of {_url(f)} failed ({exc.__class__.__name__}: {exc}). "
+                    + copy_instructions(entry, repo, [f])) from None
+            os.replace(part, repo / f.file)
+    write_bag_yaml(entry, repo)
+    return [repo / f.file for f in entry.files]
+
+
+# --------------------------------------------------------------------------- listing / verify
+
+@dataclass
+class InstalledModel:
+    name: str
+    family: str
+    sources: tuple[str, ...]
+    installed: bool
+    size_mb: float | None               # on-disk size of its weight files when installed
+    location: str                       # the repo folder, or where to get it
+    origin: str                         # "catalogue" | "local"
+    description: str = ""
+    missing: list[str] = field(default_factory=list)
+    requires: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name, "family": self.family, "sources": list(self.sources),
+            "installed": self.installed, "size_mb": self.size_mb, "location": self.location,
+            "origin": self.origin, "description": self.description, "missing": list(self.missing),
+            "requires": list(self.requires),
+        }
+
+
+def _local_extras(repo: Path, known: set[str]) -> list[str]:
+    if not repo.is_dir():
+        return []
+    return sorted(p.stem for p in repo.glob("*.yaml") if p.stem not in known)
+
+
+def list_installed(root: str | os.PathLike | None = None) -> list[InstalledModel]:
+    """Every catalogue model (installed or not) plus extra bags found in the local repo.
+    Cheap: looks at file names and sizes only (use :func:`verify` for checksums)."""
+    repo = demucs_repo(root)
+    out: list[InstalledModel] = []
+    cat = demucs_catalogue()
+    for name, entry in sorted(cat.items()):
+        missing = [f.file for f in entry.files if not (repo / f.file).is_file()]
+        installed = not missing
+        size = sum((repo / f.file).stat().st_size for f in entry.files) / 1e6 if installed else None
+        out.append(InstalledModel(
+            name=name, family="demucs", sources=entry.sources, installed=installed,
+            size_mb=None if size is None else round(size, 1),
+            location=str(repo) if installed else f"{DEMUCS_URL_ROOT} (not installed)",
+            origin="catalogue", description=entry.description, missing=missing,
+            requires=entry.requires))
+    for name in _local_extras(repo, set(cat)):
+        import yaml
+        try:
+            sigs = yaml.safe_load((repo / f"{name}.yaml").read_text())["models"]
+        except Exception:  # noqa: BLE001
+            sigs = []
+        files = {split_name(p)[0]: p for p in repo.glob("*.th")}
+        missing = [s for s in sigs if s not in files]
+        size = sum(files[s].stat().st_size for s in set(sigs) if s in files) / 1e6
+        out.append(InstalledModel(
+            name=name, family="demucs", sources=(), installed=bool(sigs) and not missing,
+            size_mb=round(size, 1), location=str(repo), origin="local",
+            description="local bag (not in the catalogue)", missing=missing))
+    return out
+
+
+def verify(root: str | os.PathLike | None = None, names: list[str] | None = None) -> list[FileCheck]:
+    """Check every ``.th`` file in the demucs repo (or only those of ``names``): the
+    sha256 prefix must match the checksum in the file name and in the catalogue;
+    truncated and corrupt files are reported, never silently accepted."""
+    repo = demucs_repo(root)
+    cat = demucs_catalogue()
+    by_file = {f.file: f for e in cat.values() for f in e.files}
+    by_sig = {f.sig: f for e in cat.values() for f in e.files}
+    if names:
+        paths = []
+        for n in names:
+            entry = _catalogue_entry(n)
+            paths += [repo / f.file for f in entry.files]
+    else:
+        paths = sorted(repo.glob("*.th")) if repo.is_dir() else []
+    results = []
+    for p in paths:
+        expected = None
+        if p.name in by_file:
+            expected = by_file[p.name].checksum
+        elif split_name(p)[0] in by_sig and split_name(p)[1] is None:
+            expected = by_sig[split_name(p)[0]].checksum
+        results.append(check_file(p, expected))
+    return results
+
+
+def remove(name: str, root: str | os.PathLike | None = None) -> list[Path]:
+    """Delete a catalogue model's files that no other installed bag needs."""
+    entry = _catalogue_entry(name)
+    repo = demucs_repo(root)
+    keep = {f.file for e in demucs_catalogue().values() if e.name != name
+            and all((repo / g.file).is_file() for g in e.files) for f in e.files}
+    removed = []
+    for f in entry.files:
+        p = repo / f.file
+        if p.is_file() and f.file not in keep:
+            p.unlink()
+            removed.append(p)
+    y = repo / entry.bag_file
+    if y.is_file():
+        y.unlink()
+        removed.append(y)
+    return removed
+
+
+__all__ = [
+    "ENV_MODEL_DIR", "ENV_DEMUCS_MIRROR", "ENV_OFFLINE", "model_dir", "demucs_repo", "pull",
+    "list_installed", "verify", "remove", "check_file", "FileCheck", "InstalledModel",
+    "copy_instructions", "write_bag_yaml", "sha256_file",
+]
