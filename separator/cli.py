@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .models_cli import add_models_parser
     add_models_parser(sub)
 
+    from .batch.cli import add_batch_parser
+    add_batch_parser(sub)
+
     p = sub.add_parser("serve", help="serve the cloud's VoiceSeparate job API on localhost",
                        description="Serve the VoiceSeparate job, template and queue API and the COS "
                        "object calls the official SDK makes, on a local storage root. Jobs run in "

@@ -1,0 +1,318 @@
+"""Run a batch: plan → skip what is done → separate the rest on local workers or Ray →
+record each completion → write the summary.
+
+Exit status (:attr:`BatchReport.exit_status`, also the CLI's):
+
+* ``0`` every input is separated (now or by an earlier run); ignored files do not count;
+* ``1`` at least one input failed (bad media, invalid manifest row, output conflict, lost worker);
+  the others were separated and the summary lists the failures;
+* ``2`` the batch could not start (SOURCE not found, invalid settings or template, OUTPUT locked
+  by another batch, Ray missing or unreachable) — raised as :class:`BatchError` by :func:`run_batch`;
+* ``130`` interrupted (Ctrl-C / SIGTERM): finished inputs are recorded, the rest are ``pending``
+  in the summary, and the next run picks up from there.
+
+Summary (``OUTPUT/batch-summary.jsonl`` unless ``summary`` is given), written when the run ends,
+one JSON object per line: one per input ::
+
+    {"input": "/abs/in/a/song.mp3", "rel": "a/song.mp3", "status": "ok",
+     "outputs": {"vocals": "/abs/out/a/song/vocals.m4a", ...}, "seconds": 4.2, "audio_seconds": 201.3,
+     "error": null, "attempts": 1, "worker": "host:pid", "model": "spleeter-2stems"}
+
+``status`` is ``ok`` (separated now), ``skipped`` (done by an earlier run and verified),
+``failed`` (``error`` = ``{"code", "message"}``), ``ignored`` (a file of a non-media extension in a
+SOURCE folder) or ``pending`` (not reached: interrupted).  The last line holds the totals::
+
+    {"totals": true, "inputs": 12, "ok": 9, "skipped": 1, "failed": 2, "ignored": 3, "pending": 0,
+     "audio_seconds": 1830.4, "wall_seconds": 71.2, "audio_hours_per_hour": 25.7,
+     "backend": "local", "workers": 2, "exit_status": 1}
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import CIError
+from ..storage.local import atomic_file
+from .plan import BatchItem, Defaults, Plan, build_plan
+from .state import BatchState, OutputLock, input_identity, sweep_temporaries
+
+log = logging.getLogger(__name__)
+
+SUMMARY_NAME = "batch-summary.jsonl"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class BatchError(Exception):
+    """The batch could not start (exit status 2)."""
+
+
+@dataclass
+class BatchOptions:
+    source: str
+    output: str
+    defaults: Defaults = field(default_factory=Defaults)
+    workers: int | None = None          # None: one per GPU, else 1; 0: in-process
+    device: str | None = None
+    ray_address: str | None = None
+    ray_cpus_per_worker: float = 1.0
+    summary: str | None = None
+    verify: str = "md5"                 # md5 | size
+    force: bool = False                 # separate everything again, ignoring the state
+    all_files: bool = False
+    progress: str = "auto"              # auto | bar | log | none
+    max_attempts: int | None = None
+
+
+@dataclass
+class BatchReport:
+    rows: list[dict]
+    totals: dict
+    summary_path: Path
+    exit_status: int
+
+
+# ------------------------------------------------------------------------------------------------
+# progress
+# ------------------------------------------------------------------------------------------------
+
+def _hms(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class _Progress:
+    """tqdm on a terminal (files done/total, audio hours per hour, ETA); log lines otherwise."""
+
+    def __init__(self, mode: str, total: int):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "log"
+        self.mode = mode
+        self.total = total
+        self.done = 0
+        self.failed = 0
+        self.audio = 0.0
+        self.started = time.perf_counter()
+        self.bar = None
+        if mode == "bar" and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="file", desc="separating", dynamic_ncols=True,
+                            file=sys.stderr)
+
+    def rate(self) -> float:
+        wall = time.perf_counter() - self.started
+        return self.audio / wall if wall > 0 else 0.0   # audio seconds per second = h/h
+
+    def say(self, text: str) -> None:
+        if self.mode == "none":
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def update(self, row: dict) -> None:
+        self.done += 1
+        if row["status"] == "ok":
+            self.audio += row.get("audio_seconds") or 0.0
+        if row["status"] == "failed":
+            self.failed += 1
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / self.done * (self.total - self.done) if self.done else None
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{_hms(self.audio)} audio, {self.rate():.1f} audio h/h"
+                                     + (f", {self.failed} failed" if self.failed else ""), refresh=False)
+            self.bar.update(1)
+            if row["status"] == "failed":
+                self.say(f"failed: {row['rel']}: {row['error']['code']}: {row['error']['message']}")
+        elif self.mode == "log":
+            if row["status"] == "ok":
+                what = f"ok {row['rel']} ({row.get('audio_seconds') or 0:.1f} s audio in {row['seconds']:.1f} s)"
+            else:
+                what = f"failed {row['rel']}: {row['error']['code']}: {row['error']['message']}"
+            self.say(f"[{self.done}/{self.total}] {what}; {self.rate():.1f} audio h/h, ETA {_hms(eta)}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------------
+
+def _backend(opts: BatchOptions):
+    if opts.ray_address:
+        from .ray_backend import RayBackend
+
+        return RayBackend(opts.ray_address, workers=opts.workers or None, cpus_per_worker=opts.ray_cpus_per_worker,
+                          device=opts.device, max_attempts=opts.max_attempts or 3)
+    if opts.workers == 0:
+        from .local import InProcessBackend
+
+        return InProcessBackend(opts.device)
+    from .local import LocalBackend, plan_workers
+
+    return LocalBackend(plan_workers(opts.workers, opts.device), max_attempts=opts.max_attempts or 2)
+
+
+def _failed_row(item: BatchItem, code: str, message: str) -> dict:
+    return {"input": item.input, "rel": item.rel, "status": "failed", "outputs": {}, "seconds": 0.0,
+            "audio_seconds": None, "error": {"code": code, "message": message}, "attempts": 0}
+
+
+def run_batch(opts: BatchOptions) -> BatchReport:
+    """Run a batch; return its report (see the module doc for rows, totals and exit statuses).
+
+    Raises :class:`BatchError` when the batch cannot start.
+    """
+    started = time.perf_counter()
+    out = Path(opts.output).absolute()
+    summary_path = Path(opts.summary).absolute() if opts.summary else out / SUMMARY_NAME
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BatchError(f"cannot create OUTPUT {out}: {e.strerror}") from None
+    try:
+        lock = OutputLock(out).__enter__()
+    except CIError as e:
+        raise BatchError(e.message) from None
+    try:
+        try:
+            earlier = BatchState(out).load().output_paths() | {os.path.realpath(summary_path)}
+            plan: Plan = build_plan(opts.source, out, opts.defaults, all_files=opts.all_files, exclude=earlier)
+        except CIError as e:
+            raise BatchError(e.message) from None
+        backend = None
+        try:
+            backend = _backend(opts)
+        except Exception as e:  # RayUnavailable, bad device …
+            raise BatchError(str(e)) from None
+        return _run(plan, opts, backend, out, summary_path, started)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _run(plan: Plan, opts: BatchOptions, backend, out: Path, summary_path: Path, started: float) -> BatchReport:
+    swept = sweep_temporaries(out)
+    if swept:
+        log.info("removed %d temporary file(s) left by an interrupted run", swept)
+    state = BatchState(out).load()
+    state.compact()
+
+    rows: dict[int, dict] = {}
+    todo: list[BatchItem] = []
+    for item in plan.items:
+        if item.error is not None:
+            rows[item.index] = _failed_row(item, *item.error)
+            continue
+        rec = None if opts.force else state.done(item, opts.verify)
+        if rec is not None:
+            rows[item.index] = {"input": item.input, "rel": item.rel, "status": "skipped",
+                                "outputs": dict(item.targets), "seconds": 0.0,
+                                "audio_seconds": rec.get("audio_seconds"), "error": None, "attempts": 0,
+                                "model": rec.get("model")}
+        else:
+            todo.append(item)
+
+    progress = _Progress(opts.progress, len(todo))
+    n_skip = sum(1 for r in rows.values() if r["status"] == "skipped")
+    n_bad = sum(1 for r in rows.values() if r["status"] == "failed")
+    progress.say(f"batch: {len(plan.items)} input(s) in {plan.source}: {len(todo)} to separate, "
+                 f"{n_skip} already done, {n_bad} invalid, {len(plan.ignored)} ignored -> {out}")
+    for r in rows.values():
+        if r["status"] == "failed":
+            progress.say(f"failed: {r['rel']}: {r['error']['code']}: {r['error']['message']}")
+
+    def on_dispatch(item: BatchItem) -> None:
+        try:
+            item.size, item.mtime_ns = input_identity(item.input)
+        except OSError:
+            item.size, item.mtime_ns = -1, -1
+
+    def on_result(item: BatchItem, res: dict) -> None:
+        row = {"input": item.input, "rel": item.rel, "status": res["status"], "outputs": {},
+               "seconds": round(float(res.get("seconds") or 0.0), 3),
+               "audio_seconds": res.get("audio_seconds"), "error": res.get("error"),
+               "attempts": int(res.get("attempts") or 1), "worker": res.get("worker"),
+               "model": res.get("model")}
+        if res.get("node"):
+            row["node"] = res["node"]
+        if res["status"] == "ok":
+            try:
+                state.record(item, res)
+            except OSError as e:
+                row.update(status="failed", error={"code": "InternalError",
+                                                   "message": f"cannot record completion: {e}"})
+            row["outputs"] = {r: o["path"] for r, o in res["outputs"].items()}
+        rows[item.index] = row
+        progress.update(row)
+
+    interrupted = False
+    prev_term = None
+    if todo:
+        def _term(signum, frame):  # SIGTERM behaves like Ctrl-C: clean stop, summary written
+            raise KeyboardInterrupt
+        try:
+            prev_term = signal.signal(signal.SIGTERM, _term)
+        except ValueError:  # not the main thread
+            prev_term = None
+        if hasattr(backend, "prepare"):
+            try:
+                backend.prepare()
+            except Exception as e:  # noqa: BLE001 - e.g. the Ray cluster cannot be reached
+                progress.close()
+                raise BatchError(f"cannot start the workers on {backend.describe()}: {type(e).__name__}: {e}") from None
+        try:
+            progress.say(f"running on {backend.describe()}")
+            backend.run(todo, on_result, on_dispatch)
+        except KeyboardInterrupt:
+            interrupted = True
+            progress.say("interrupted: finished inputs are recorded; run the same command again to go on")
+        finally:
+            progress.close()
+            if prev_term is not None:
+                signal.signal(signal.SIGTERM, prev_term)
+        sweep_temporaries(out)
+
+    for item in todo:
+        if item.index not in rows:
+            rows[item.index] = {"input": item.input, "rel": item.rel, "status": "pending", "outputs": {},
+                                "seconds": 0.0, "audio_seconds": None, "error": None, "attempts": 0}
+    ordered = [rows[i.index] for i in plan.items]
+    ordered += [{"input": str(Path(plan.source).absolute() / p) if plan.kind == "folder" else p, "rel": p,
+                 "status": "ignored", "outputs": {}, "seconds": 0.0, "audio_seconds": None,
+                 "error": None, "reason": "not a media file extension (see --all-files)"}
+                for p in plan.ignored]
+    count = {s: sum(1 for r in ordered if r["status"] == s)
+             for s in ("ok", "skipped", "failed", "ignored", "pending")}
+    wall = time.perf_counter() - started
+    audio = sum(r.get("audio_seconds") or 0.0 for r in ordered if r["status"] == "ok")
+    exit_status = EXIT_INTERRUPTED if interrupted else EXIT_FAILED if count["failed"] else EXIT_OK
+    totals = {"totals": True, "inputs": len(plan.items), **count, "audio_seconds": round(audio, 3),
+              "wall_seconds": round(wall, 3), "audio_hours_per_hour": round(audio / wall, 2) if wall else 0.0,
+              "backend": backend.name, "workers": getattr(backend, "workers", None),
+              "exit_status": exit_status}
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(summary_path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for r in ordered + [totals]:
+                fh.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+    progress.say(f"done: {count['ok']} separated, {count['skipped']} skipped, {count['failed']} failed, "
+                 f"{count['ignored']} ignored, {count['pending']} pending; {audio / 3600:.3f} h of audio "
+                 f"in {_hms(wall)} ({totals['audio_hours_per_hour']} audio h/h); summary: {summary_path}")
+    if count["failed"]:
+        progress.say("failed inputs:")
+        for r in ordered:
+            if r["status"] == "failed":
+                progress.say(f"  {r['rel']}: {r['error']['code']}: {r['error']['message']}")
+    return BatchReport(ordered, totals, summary_path, exit_status)

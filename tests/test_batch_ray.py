@@ -1,0 +1,182 @@
+"""`separator batch --ray-address` on a real two-node Ray cluster on this machine.
+
+A head and a second node are started with ``ray start --block`` (each in its own process
+group, so the test can kill exactly its own processes; ``ray stop`` would stop every Ray
+process on the machine).  A batch is spread over both; once both nodes have finished inputs,
+the second node is killed: its input in flight is retried on the head, and every output is
+present exactly once, none partial.  Skipped when Ray is not installed (``separator[ray]``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from conftest import run_ffmpeg  # noqa: E402
+from separator.batch.state import STATE_NAME  # noqa: E402
+from separator.media import probe  # noqa: E402
+from separator.storage.local import TMP_PREFIX  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+CLIP_SRC = "librosa-data/Kevin_MacLeod_-_Vibe_Ace.hq.ogg"
+N_INPUTS = 12
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive_nodes(address: str, env: dict) -> int:
+    proc = subprocess.run([RAY, "status", f"--address={address}"], capture_output=True, text=True,
+                          env=env, timeout=30)
+    if proc.returncode != 0:
+        return 0
+    active = proc.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
+    return len(re.findall(r"node_[0-9a-f]+", active))
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+    # daemons of the group may outlive the `ray start` process itself
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def cluster():
+    temp = Path(tempfile.mkdtemp(prefix="sepray-", dir="/tmp"))   # short: Ray's socket paths
+    port, client_port = _free_port(), _free_port()
+    address = f"127.0.0.1:{port}"
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0",
+               # notice a dead node within a few seconds (defaults: about 30 s)
+               RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3",
+               RAY_health_check_initial_delay_ms="1000", RAY_health_check_timeout_ms="1000")
+    common = ["--block", "--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    logs = []
+    procs: list[subprocess.Popen] = []
+
+    def start(args: list[str], name: str) -> subprocess.Popen:
+        log = open(temp / f"{name}.log", "wb")
+        logs.append(log)
+        p = subprocess.Popen([RAY, "start", *args, *common], stdout=log, stderr=subprocess.STDOUT, env=env,
+                             start_new_session=True)
+        procs.append(p)
+        return p
+
+    try:
+        head = start(["--head", f"--port={port}", f"--ray-client-server-port={client_port}",
+                      "--include-dashboard=false", f"--temp-dir={temp / 'ray'}"], "head")
+        deadline = time.monotonic() + 60
+        while _alive_nodes(address, env) < 1:
+            assert head.poll() is None and time.monotonic() < deadline, (temp / "head.log").read_text()[-3000:]
+            time.sleep(1)
+        node2 = start([f"--address={address}"], "node2")
+        while _alive_nodes(address, env) < 2:
+            assert node2.poll() is None and time.monotonic() < deadline, (temp / "node2.log").read_text()[-3000:]
+            time.sleep(1)
+        yield {"address": address, "head": head, "node2": node2, "env": env, "temp": temp}
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+        for log in logs:
+            log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def inputs(shared_data, tmp_path) -> Path:
+    src = shared_data / CLIP_SRC
+    if not src.is_file():
+        pytest.skip(f"missing {src}")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    run_ffmpeg("-ss", "20", "-t", "3", "-i", str(src), "-ac", "2", str(folder / "clip0.wav"))
+    for i in range(1, N_INPUTS):
+        sub = folder / f"set{i % 3}"
+        sub.mkdir(exist_ok=True)
+        shutil.copy(folder / "clip0.wav", sub / f"clip{i}.wav")
+    return folder
+
+
+def _records(out: Path) -> list[dict]:
+    recs = []
+    try:
+        lines = (out / STATE_NAME).read_text().splitlines()
+    except FileNotFoundError:
+        return recs
+    for line in lines:
+        try:
+            recs.append(json.loads(line))
+        except ValueError:  # being written
+            pass
+    return recs
+
+
+def test_two_node_cluster_survives_losing_a_node(cluster, inputs, tmp_path):
+    out = tmp_path / "out"
+    env = dict(cluster["env"], PYTHONUNBUFFERED="1")
+    log = open(tmp_path / "batch.log", "wb")
+    batch = subprocess.Popen([sys.executable, "-m", "separator.batch", "-v", str(inputs), str(out),
+                              "--ray-address", cluster["address"], "--progress", "log"],
+                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # wait until both nodes have finished inputs, then kill the second node mid-run
+        deadline = time.monotonic() + 120
+        while len({r.get("node") for r in _records(out)}) < 2:
+            assert batch.poll() is None, (tmp_path / "batch.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the batch did not reach both nodes"
+            time.sleep(0.05)
+        done_before = len(_records(out))
+        assert done_before <= N_INPUTS - 4, "too late to kill a node mid-run"
+        _stop(cluster["node2"])
+        rc = batch.wait(timeout=180)
+    finally:
+        if batch.poll() is None:
+            os.killpg(batch.pid, signal.SIGKILL)
+        log.close()
+    text = (tmp_path / "batch.log").read_text()
+    assert rc == 0, text[-3000:]
+
+    lines = [json.loads(x) for x in (out / "batch-summary.jsonl").read_text().splitlines()]
+    rows, totals = lines[:-1], lines[-1]
+    assert (totals["ok"], totals["failed"], totals["backend"]) == (N_INPUTS, 0, "ray")
+    assert len({r["node"] for r in rows}) == 2                  # spread over both nodes
+    assert any(r["attempts"] >= 2 for r in rows), text[-3000:]  # the lost node's input, retried
+    assert "retrying elsewhere" in text
+
+    # every output present exactly once, none partial, no temporaries left
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert not [f for f in files if TMP_PREFIX in f]
+    media = {f for f in files if f.endswith(".m4a")}
+    expected = {f"{p.relative_to(inputs).with_suffix('').as_posix()}/{role}.m4a"
+                for p in inputs.rglob("*.wav") for role in ("vocals", "background")}
+    assert media == expected
+    for f in media:
+        assert abs(probe(out / f).duration - 3.0) < 0.3
+    recs = _records(out)
+    assert sorted(r["input"] for r in recs) == sorted(str(p) for p in inputs.rglob("*.wav"))
