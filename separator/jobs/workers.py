@@ -1,14 +1,18 @@
 """Worker processes and the scheduler that feeds them.
 
-* Each worker is a ``multiprocessing`` **spawn** process running :func:`worker_main`: it
+* The scheduler (:class:`WorkerPool`) is the same whatever runs the jobs; a :class:`Dispatcher`
+  runs them: :class:`LocalProcesses` (below, the default) or, with ``serve --ray-address``,
+  Ray actors (:mod:`separator.jobs.ray_dispatch`), which follow the same rules.
+* Each local worker is a ``multiprocessing`` **spawn** process running :func:`worker_main`: it
   imports the engine once and runs one job at a time, so models the engine loads stay
   loaded between jobs.  Separation never runs in the server process.
 * The scheduler is one thread in the server process.  It claims the next runnable job from
   the store (:meth:`JobStore.claim_next`: highest JobLevel first, FIFO within a level, paused
   queues skipped), hands it to an idle worker over a pipe, and records the result.
 * A worker that dies mid-job (killed, out of memory, segfault) is noticed through its process
-  sentinel; its job goes back to ``Submitted`` and runs again, and after
-  ``max_attempts`` crashes it ends ``Failed`` (``InternalError``).  The worker is respawned and
+  sentinel (a Ray actor: through the lost-actor error of its task); its job goes back to
+  ``Submitted`` and runs again, and after ``max_attempts`` crashes it ends ``Failed``
+  (``InternalError``).  The worker is respawned and
   the service keeps going.
 * Stopping the pool leaves running jobs ``Running`` in the store; the next start's
   :meth:`JobStore.recover` runs them again from the start (outputs are written atomically, so
@@ -105,6 +109,19 @@ def run_payload(payload: dict[str, Any], engine: Callable[..., Any], storage: An
     return record_result(record)
 
 
+def run_safely(payload: dict[str, Any], engine: Callable[..., Any], storage: Any,
+               device: str | None, engine_options: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_payload`, with an engine exception turned into a Failed result."""
+    try:
+        return run_payload(payload, engine, storage, device, engine_options)
+    except Exception as err:  # the engine should never raise; if it does, the job fails
+        log.error("job %s: engine raised\n%s", payload.get("job_id"), traceback.format_exc())
+        return {"state": "Failed", "code": "InternalError",
+                "message": f"internal error: {type(err).__name__}: {err}",
+                "started": None, "ended": time.time(), "media_result": None, "media_info": None,
+                "extra": None}
+
+
 def worker_main(conn: Connection, storage_root: str, engine_spec: str, device: str | None,
                 engine_options: dict[str, Any], log_level: int = logging.INFO) -> None:
     """Body of a worker process: receive job payloads, run them, send results back."""
@@ -122,15 +139,7 @@ def worker_main(conn: Connection, storage_root: str, engine_spec: str, device: s
             return
         if payload is None:
             return
-        try:
-            result = run_payload(payload, engine, storage, device, engine_options)
-        except Exception as err:  # the engine should never raise; if it does, the job fails
-            log.error("job %s: engine raised\n%s", payload.get("job_id"), traceback.format_exc())
-            now = time.time()
-            result = {"state": "Failed", "code": "InternalError",
-                      "message": f"internal error: {type(err).__name__}: {err}",
-                      "started": None, "ended": now, "media_result": None, "media_info": None,
-                      "extra": None}
+        result = run_safely(payload, engine, storage, device, engine_options)
         try:
             conn.send((payload["job_id"], payload["attempt"], result))
         except (BrokenPipeError, OSError):
@@ -138,8 +147,67 @@ def worker_main(conn: Connection, storage_root: str, engine_spec: str, device: s
 
 
 # ---------------------------------------------------------------------------------------------
-# In the server process
+# In the server process: where jobs run (the dispatch interface)
 # ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Finished:
+    """The job on ``slot`` ended (the engine's result; Success or Failed)."""
+    slot: str
+    job_id: str
+    attempt: int
+    result: dict[str, Any]
+
+
+@dataclass
+class Lost:
+    """The worker behind ``slot`` went away (process died, Ray actor or node lost); the job it
+    held, if any, did not finish.  ``reason`` completes "… N times" in the job's message."""
+    slot: str
+    reason: str
+
+
+Event = Finished | Lost
+
+
+class Dispatcher:
+    """Where started jobs run.  The scheduler (:class:`WorkerPool`) owns the store, the order
+    (priorities, FIFO, paused queues), retries and notifications; a dispatcher only runs one job
+    at a time per slot and reports what happened:
+
+    * :meth:`idle` – slots ready for a job now (may (re)start workers first);
+    * :meth:`start` – run ``payload`` on an idle slot;
+    * :meth:`poll` – wait up to ``timeout`` s (returning early when ``wake_fd`` is readable or a
+      slot became ready) and return :class:`Finished` / :class:`Lost` events.
+
+    Jobs are handed out only to idle slots, so a job waits in the store (where it can be
+    cancelled and reordered) until a worker is free to run it.
+    """
+
+    kind = "abstract"
+    n = 1
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def close(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def idle(self, stopping: threading.Event) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, slot: str, payload: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def poll(self, timeout: float, wake_fd: int) -> list[Event]:
+        raise NotImplementedError
+
+    def pids(self) -> dict[str, int]:
+        return {}
+
+    def describe(self) -> str:
+        return self.kind
+
 
 @dataclass
 class _Worker:
@@ -148,59 +216,36 @@ class _Worker:
     conn: Connection
     busy: tuple[str, int] | None = None   # (job_id, attempt)
     since: float = field(default_factory=time.time)
+    dead: bool = False
 
 
-class WorkerPool:
-    """N worker processes plus the scheduler thread.
+class LocalProcesses(Dispatcher):
+    """``n`` spawned worker processes on this machine (see :func:`worker_main`)."""
 
-    ``on_finished(job_id)`` is called (in the scheduler thread) after a job reached a final
-    state; it must not block (the service hands callbacks to their own thread).
-    ``model_for(row)`` chooses the model name for a job (None: the engine's default).
-    """
+    kind = "local"
 
-    def __init__(self, store: JobStore, *, storage_root: str | Path, workers: int = 1,
-                 engine: str = "separator.jobs.job:run_job", device: str | None = None,
-                 engine_options: dict[str, Any] | None = None, max_attempts: int = 2,
-                 state_dir: str | Path | None = None,
-                 on_finished: Callable[[str], None] | None = None,
-                 model_for: Callable[[JobRow], str | None] | None = None):
-        self.store = store
-        self.storage_root = str(storage_root)
+    def __init__(self, *, storage_root: str, workers: int, engine: str, device: str | None,
+                 engine_options: dict[str, Any]):
+        self.storage_root = storage_root
         self.n = max(1, int(workers))
         self.engine = engine
         self.device = device
-        self.engine_options = dict(engine_options or {})
-        self.max_attempts = max_attempts
-        self.state_dir = Path(state_dir) if state_dir else None
-        self.on_finished = on_finished or (lambda job_id: None)
-        self.model_for = model_for or (lambda row: None)
+        self.engine_options = engine_options
         self._ctx = mp.get_context("spawn")
         self._workers: list[_Worker] = []
-        self._stop = threading.Event()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        os.set_blocking(self._wake_r, False)
-        self._thread: threading.Thread | None = None
         self._spawn_failures = 0
 
-    # -- lifecycle -------------------------------------------------------------
-    def start(self) -> None:
+    def describe(self) -> str:
+        return f"{self.n} local worker process(es)"
+
+    def open(self) -> None:
         for i in range(self.n):
             self._workers.append(self._spawn(f"w{i}"))
-        self._write_pids()
-        self._thread = threading.Thread(target=self._run, name="separator-scheduler", daemon=True)
-        self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop scheduling and the workers.  Jobs still running stay ``Running`` in the store
-        and run again from the start on the next :meth:`JobStore.recover`."""
-        self._stop.set()
-        self.wake()
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def close(self, timeout: float) -> None:
         for w in self._workers:
             with contextlib.suppress(Exception):
-                if w.busy is None:
+                if w.busy is None and not w.dead:
                     w.conn.send(None)
         deadline = time.time() + timeout
         for w in self._workers:
@@ -210,21 +255,13 @@ class WorkerPool:
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join(1)
-            w.conn.close()
+            with contextlib.suppress(Exception):
+                w.conn.close()
         self._workers.clear()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def wake(self) -> None:
-        """Tell the scheduler that something changed (a job was submitted, a queue resumed)."""
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"!")
 
     def pids(self) -> dict[str, int]:
         return {w.name: w.process.pid for w in self._workers}
 
-    # -- internals -------------------------------------------------------------
     def _spawn(self, name: str) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
@@ -236,94 +273,200 @@ class WorkerPool:
         log.info("worker %s started (pid %s)", name, proc.pid)
         return _Worker(name, proc, parent)
 
+    def idle(self, stopping: threading.Event) -> list[str]:
+        out = []
+        for i, w in enumerate(self._workers):
+            if w.dead and not stopping.is_set():      # respawn (backing off if it keeps dying at once)
+                if time.time() - w.since < 2:
+                    self._spawn_failures += 1
+                    time.sleep(min(5.0, 0.2 * self._spawn_failures))
+                else:
+                    self._spawn_failures = 0
+                w = self._workers[i] = self._spawn(w.name)
+            if w.busy is None and not w.dead and w.process.is_alive():
+                out.append(w.name)
+        return out
+
+    def _by_name(self, slot: str) -> _Worker:
+        return next(w for w in self._workers if w.name == slot)
+
+    def start(self, slot: str, payload: dict[str, Any]) -> None:
+        w = self._by_name(slot)
+        try:
+            w.conn.send(payload)
+        except (BrokenPipeError, OSError):
+            pass  # the worker is gone; poll() reports it through its sentinel
+        w.busy = (payload["job_id"], payload["attempt"])
+        w.since = time.time()
+
+    def poll(self, timeout: float, wake_fd: int) -> list[Event]:
+        objs: list[Any] = [wake_fd]
+        for w in self._workers:
+            if not w.dead:
+                objs.extend((w.conn, w.process.sentinel))
+        ready = wait(objs, timeout=timeout)
+        events: list[Event] = []
+        for w in self._workers:
+            if w.dead:
+                continue
+            if w.conn in ready:
+                try:
+                    while w.conn.poll():
+                        job_id, attempt, result = w.conn.recv()
+                        w.busy = None
+                        events.append(Finished(w.name, job_id, attempt, result))
+                except (EOFError, OSError):
+                    pass
+            if w.process.sentinel in ready or not w.process.is_alive():
+                w.process.join(0.1)
+                code = w.process.exitcode
+                log.warning("worker %s (pid %s) died with exit code %s", w.name, w.process.pid, code)
+                with contextlib.suppress(Exception):
+                    w.conn.close()
+                w.dead, w.busy = True, None
+                events.append(Lost(w.name, f"the worker process running this job died (exit code {code})"))
+        return events
+
+
+class WorkerPool:
+    """The scheduler thread plus a :class:`Dispatcher` (local worker processes by default, or
+    Ray actors: :class:`separator.jobs.ray_dispatch.RayActors`).
+
+    The scheduler claims the next runnable job from the store (:meth:`JobStore.claim_next`)
+    whenever a slot is idle, records results, and requeues the job of a lost worker (after
+    ``max_attempts`` losses it ends ``Failed``/``InternalError``).
+    ``on_finished(job_id)`` is called (in the scheduler thread) after a job reached a final
+    state; it must not block (the service hands callbacks to their own thread).
+    ``model_for(row)`` chooses the model name for a job (None: the engine's default).
+    """
+
+    def __init__(self, store: JobStore, *, storage_root: str | Path, workers: int = 1,
+                 engine: str = "separator.jobs.job:run_job", device: str | None = None,
+                 engine_options: dict[str, Any] | None = None, max_attempts: int = 2,
+                 state_dir: str | Path | None = None,
+                 on_finished: Callable[[str], None] | None = None,
+                 model_for: Callable[[JobRow], str | None] | None = None,
+                 dispatcher: Dispatcher | None = None):
+        self.store = store
+        self.dispatcher = dispatcher or LocalProcesses(
+            storage_root=str(storage_root), workers=workers, engine=engine, device=device,
+            engine_options=dict(engine_options or {}))
+        self.max_attempts = max_attempts
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.on_finished = on_finished or (lambda job_id: None)
+        self.model_for = model_for or (lambda row: None)
+        self._busy: dict[str, tuple[str, int]] = {}     # slot -> (job_id, attempt)
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        self._thread: threading.Thread | None = None
+        self._pids_written: dict[str, int] | None = None
+
+    @property
+    def n(self) -> int:
+        """How many jobs run at once."""
+        return self.dispatcher.n
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        self.dispatcher.open()
+        log.info("jobs run on %s", self.dispatcher.describe())
+        self._write_pids()
+        self._thread = threading.Thread(target=self._run, name="separator-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop scheduling and the workers.  Jobs still running stay ``Running`` in the store
+        and run again from the start on the next :meth:`JobStore.recover`."""
+        self._stop.set()
+        self.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.dispatcher.close(timeout)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def wake(self) -> None:
+        """Tell the scheduler that something changed (a job was submitted, a queue resumed)."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"!")
+
+    def pids(self) -> dict[str, int]:
+        return self.dispatcher.pids()
+
+    # -- internals -------------------------------------------------------------
     def _write_pids(self) -> None:
         if self.state_dir is None:
             return
+        pids = self.pids()
+        if pids == self._pids_written:
+            return
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_dir / "workers.json.tmp"
-        tmp.write_text(json.dumps(self.pids()))
+        tmp.write_text(json.dumps(pids))
         os.replace(tmp, self.state_dir / "workers.json")
+        self._pids_written = pids
 
     def _dispatch(self) -> None:
-        for w in self._workers:
-            if w.busy is not None or not w.process.is_alive():
-                continue
-            row = self.store.claim_next(w.name)
+        for slot in self.dispatcher.idle(self._stop):
+            if self._stop.is_set():
+                return
+            row = self.store.claim_next(slot)
             if row is None:
                 return
             payload = {"job_id": row.job_id, "attempt": row.attempts, "bucket": row.bucket,
                        "region": row.region, "queue_id": row.queue_id, "created": row.created,
                        "request": row.request, "template": row.template_dict,
                        "model": self.model_for(row)}
-            try:
-                w.conn.send(payload)
-            except (BrokenPipeError, OSError):
-                # the worker is gone; the sentinel path below requeues the job
-                pass
-            w.busy = (row.job_id, row.attempts)
-            w.since = time.time()
-            log.info("job %s (level %s) -> worker %s (attempt %s)", row.job_id, row.level, w.name,
+            self._busy[slot] = (row.job_id, row.attempts)
+            self.dispatcher.start(slot, payload)
+            log.info("job %s (level %s) -> worker %s (attempt %s)", row.job_id, row.level, slot,
                      row.attempts)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self._dispatch()
-                objs: list[Any] = [self._wake_r]
-                for w in self._workers:
-                    objs.extend((w.conn, w.process.sentinel))
-                ready = wait(objs, timeout=1.0)
-                if self._wake_r in ready:
-                    with contextlib.suppress(BlockingIOError, OSError):
-                        while os.read(self._wake_r, 4096):
-                            pass
-                for i, w in enumerate(list(self._workers)):
-                    if w.conn in ready:
-                        try:
-                            while w.conn.poll():
-                                self._on_result(w, w.conn.recv())
-                        except (EOFError, OSError):
-                            pass
-                    if w.process.sentinel in ready or not w.process.is_alive():
-                        self._on_death(i, w)
+                self._write_pids()
+                events = self.dispatcher.poll(1.0, self._wake_r)
+                with contextlib.suppress(BlockingIOError, OSError):
+                    while os.read(self._wake_r, 4096):
+                        pass
+                for ev in events:
+                    if isinstance(ev, Finished):
+                        self._on_result(ev)
+                    else:
+                        self._on_lost(ev)
             except Exception:  # never let the scheduler die
                 log.error("scheduler error\n%s", traceback.format_exc())
                 time.sleep(0.5)
 
-    def _on_result(self, w: _Worker, msg: tuple[str, int, dict[str, Any]]) -> None:
-        job_id, attempt, result = msg
-        w.busy = None
+    def _on_result(self, ev: Finished) -> None:
+        job_id, attempt, result = ev.job_id, ev.attempt, ev.result
+        if self._busy.get(ev.slot) == (job_id, attempt):
+            del self._busy[ev.slot]
         state = result["state"] if result["state"] in ("Success", "Failed") else "Failed"
         changed = self.store.finish(job_id, attempt=attempt, state=state, code=result["code"],
                                     message=result["message"], result=result,
                                     started=result.get("started"), ended=result.get("ended"))
-        log.info("job %s %s (%s) on worker %s", job_id, state, result["code"], w.name)
+        log.info("job %s %s (%s) on worker %s", job_id, state, result["code"], ev.slot)
         if changed:
             self._notify(job_id)
 
-    def _on_death(self, index: int, w: _Worker) -> None:
-        w.process.join(0.1)
-        code = w.process.exitcode
-        log.warning("worker %s (pid %s) died with exit code %s", w.name, w.process.pid, code)
-        if w.busy is not None:
-            job_id, attempt = w.busy
-            new = self.store.requeue(job_id, attempt=attempt, crashed=True, max_attempts=self.max_attempts,
-                                     message=f"the worker process running this job died (exit code {code}) "
-                                             f"{self.max_attempts} times")
-            log.warning("job %s: worker died; job is now %s", job_id, new)
-            if new == "Failed":
-                self._notify(job_id)
-        with contextlib.suppress(Exception):
-            w.conn.close()
-        if self._stop.is_set():
+    def _on_lost(self, ev: Lost) -> None:
+        busy = self._busy.pop(ev.slot, None)
+        if busy is None:
             return
-        if time.time() - w.since < 2:
-            self._spawn_failures += 1
-            time.sleep(min(5.0, 0.2 * self._spawn_failures))
-        else:
-            self._spawn_failures = 0
-        self._workers[index] = self._spawn(w.name)
-        self._write_pids()
+        job_id, attempt = busy
+        new = self.store.requeue(job_id, attempt=attempt, crashed=True, max_attempts=self.max_attempts,
+                                 message=f"{ev.reason} {self.max_attempts} times")
+        log.warning("job %s: its worker %s was lost; job is now %s", job_id, ev.slot, new)
+        if new == "Failed":
+            self._notify(job_id)
+        elif new == "Submitted":
+            self.wake()
 
     def _notify(self, job_id: str) -> None:
         try:

@@ -12,6 +12,8 @@ Example (TOML)::
     callback_timeout = 5.0            # seconds per attempt
     callback_retries = 3              # attempts after the first one
     time_skew = 900                   # seconds of clock skew tolerated on q-sign-time
+    ray_address = "auto"              # run jobs on Ray actors (pip install 'separator[ray]'); see below
+    ray_cpus_per_worker = 1           # CPUs per Ray actor when the cluster has no GPU
 
     [[keys]]
     SecretId = "AKIDexample"
@@ -23,6 +25,14 @@ Example (TOML)::
     [queue]
     name = "speech-queue"
     NotifyConfig = { Url = "http://127.0.0.1:9000/cb", ResultFormat = "JSON" }
+
+``ray_address`` (or ``--ray-address``; ``auto`` = the cluster this machine belongs to): jobs run
+on Ray actors instead of local worker processes: one per GPU, else one per
+``ray_cpus_per_worker`` CPUs, at most ``workers`` when given.  The job store, priorities,
+pause/resume, cancel and restart recovery stay in this server.  The storage root must be a
+shared file system mounted at the **same path on every Ray node** (the actors read inputs and
+write outputs there), and ``separator`` with its models must be installed on every node.
+See :mod:`separator.jobs.ray_dispatch`.
 """
 from __future__ import annotations
 
@@ -60,6 +70,8 @@ class ServerConfig:
     # "module:function" with run_job's signature; tests point this at a fake fast engine
     engine: str = "separator.jobs.job:run_job"
     engine_options: dict[str, Any] = field(default_factory=dict)
+    ray_address: str | None = None   # run jobs on this Ray cluster ("auto", "HOST:PORT"); None: locally
+    ray_cpus_per_worker: float = 1.0
 
     @property
     def state_dir(self) -> Path:
@@ -81,7 +93,8 @@ class ServerConfig:
 _SIMPLE = {"anonymous": bool, "region": str, "appid": str, "device": str, "workers": int,
            "max_body_bytes": int, "max_object_bytes": int, "callback_timeout": float,
            "callback_retries": int, "callback_backoff": float, "time_skew": int, "engine": str,
-           "max_attempts": int, "host": str, "port": int}
+           "max_attempts": int, "host": str, "port": int, "ray_address": str,
+           "ray_cpus_per_worker": float}
 
 
 def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -20,15 +20,25 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8080; 0 = any free port)")
     p.add_argument("--workers", type=int, default=None,
-                   help="worker processes (default: one per GPU, else one)")
+                   help="worker processes (default: one per GPU, else one); with --ray-address, "
+                        "the most Ray actors to use")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="run jobs on Ray actors on this cluster ('auto' or HOST:PORT; needs "
+                        "pip install 'separator[ray]'): one per GPU, else one per ray_cpus_per_worker "
+                        "CPUs. The storage root must be shared by every node at the same path")
     p.add_argument("--config", default=None, help="TOML or YAML file: keys, anonymous, region, models, …")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    return build_config(args.storage, config_file=args.config, host=args.host, port=args.port,
-                        workers=args.workers)
+    cfg = build_config(args.storage, config_file=args.config, host=args.host, port=args.port,
+                       workers=args.workers, ray_address=getattr(args, "ray_address", None))
+    if cfg.ray_address:
+        from ..jobs.ray_dispatch import import_ray
+
+        import_ray()  # without the extra: RayUnavailable, reported below with the pip command
+    return cfg
 
 
 def run_server(cfg: ServerConfig, *, log_level: str = "info") -> None:
@@ -60,11 +70,12 @@ def run_server(cfg: ServerConfig, *, log_level: str = "info") -> None:
 
 
 def serve(argv: Sequence[str] | None = None) -> int:
-    """``separator serve [--storage ROOT] [--host H] [--port P] [--workers N] [--config FILE]``."""
+    """``separator serve [--storage ROOT] [--host H] [--port P] [--workers N] [--ray-address ADDR]
+    [--config FILE]``."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         cfg = config_from_args(args)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: RayUnavailable
         print(f"separator serve: {err}", file=sys.stderr)
         return 2
     run_server(cfg, log_level=args.log_level)
@@ -75,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
     """For a CLI that already parsed the options with :func:`build_parser`."""
     try:
         cfg = config_from_args(args)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: RayUnavailable
         print(f"separator serve: {err}", file=sys.stderr)
         return 2
     run_server(cfg, log_level=getattr(args, "log_level", "info"))

@@ -15,7 +15,9 @@ Behaviour choices (the spec leaves them open; also listed in the README):
 * **TemplateId**: unknown → 400 ``InvalidArgument``; the template's AudioMode/AudioConfig win
   over inline ones, and the job keeps a snapshot of the template taken at submission.
 * A job whose worker process dies is run again; after ``max_attempts`` (2) crashes it is
-  ``Failed`` with ``InternalError``.
+  ``Failed`` with ``InternalError``.  With ``--ray-address`` the same holds for a lost Ray actor
+  or node, and cancel behaves the same (a waiting job is never sent to Ray; a running one cannot
+  be cancelled).
 """
 from __future__ import annotations
 
@@ -74,10 +76,19 @@ class JobService:
         self.store = JobStore(cfg.state_dir / "jobs.sqlite3")
         self.callbacks = CallbackSender(timeout=cfg.callback_timeout, retries=cfg.callback_retries,
                                         backoff=cfg.callback_backoff)
-        self.pool = WorkerPool(self.store, storage_root=cfg.storage, workers=cfg.default_workers(),
+        dispatcher = None
+        if cfg.ray_address:  # jobs run on Ray actors; everything else stays here
+            from ..jobs.ray_dispatch import RayActors
+
+            dispatcher = RayActors(cfg.ray_address, storage_root=str(cfg.storage), engine=cfg.engine,
+                                   device=cfg.device, engine_options=cfg.engine_options,
+                                   workers=cfg.workers, cpus_per_worker=cfg.ray_cpus_per_worker)
+        self.pool = WorkerPool(self.store, storage_root=cfg.storage,
+                               workers=cfg.default_workers() if dispatcher is None else 1,
                                engine=cfg.engine, device=cfg.device, engine_options=cfg.engine_options,
                                max_attempts=cfg.max_attempts, state_dir=cfg.state_dir,
-                               on_finished=self.job_finished, model_for=self.model_for)
+                               on_finished=self.job_finished, model_for=self.model_for,
+                               dispatcher=dispatcher)
         self._start_workers = start_workers
 
     # -- lifecycle ---------------------------------------------------------------------
