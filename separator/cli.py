@@ -68,7 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _model_options(args: argparse.Namespace) -> dict:
     opts = {}
-    for name in ("shifts", "overlap", "segment", "jobs", "model_dir"):
+    for name in ("shifts", "overlap", "segment", "jobs", "batch", "model_dir"):
         value = getattr(args, name, None)
         if value is not None:
             opts[name] = value
@@ -84,7 +84,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, help="overlap between chunks, 0..0.9 (default 0.25)")
     p.add_argument("--segment", type=float, help="Demucs: chunk length in seconds "
                    "(at most the model's training segment)")
-    p.add_argument("--jobs", type=int, help="CPU threads for inference (default: all cores)")
+    p.add_argument("--jobs", type=int, help="Demucs: chunks computed concurrently (default 1)")
+    p.add_argument("--batch", type=int, help="chunks (Demucs) or 11.9 s U-Net segments (bundled "
+                   "model) per forward pass (default 2): faster, more memory")
     p.add_argument("--model-dir", dest="model_dir",
                    help="directory of Demucs weights (default $SEPARATOR_MODEL_DIR or ~/.cache/separator/models)")
 

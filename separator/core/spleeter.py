@@ -230,7 +230,7 @@ class Spleeter2Stems(ChunkedModel):
 
 def load(spec: ModelSpec, device: str, *, model_dir: str | None = None, jobs: int | None = None,
          shifts: int = 0, overlap: float | None = None, segment: float | None = None,
-         **options) -> Spleeter2Stems:
+         batch: int | None = None, **options) -> Spleeter2Stems:
     """Registry factory.  Takes the engine's generic knobs and maps them onto this model:
     ``segment`` (seconds) → whole U-Net segments per chunk (11.9 s each), ``overlap``
     (fraction of a chunk) → the cross-fade length.  ``shifts`` has no meaning here (Demucs only);
@@ -240,6 +240,10 @@ def load(spec: ModelSpec, device: str, *, model_dir: str | None = None, jobs: in
     if shifts:
         raise CIError("InvalidArgument", "shifts applies to Demucs models; the bundled "
                       "spleeter-2stems model has no shift augmentation", resource="shifts")
+    if batch is not None:
+        if batch < 1:
+            raise CIError("InvalidArgument", f"batch must be >= 1, got {batch}", resource="batch")
+        options["batch_segments"] = batch
     p = StftParams()
     seg_seconds = p.segment_frames * p.frame_step / spec.samplerate
     if segment is not None:
