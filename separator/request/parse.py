@@ -43,14 +43,11 @@ import re
 from typing import Any, Literal, Union
 from urllib.parse import urlsplit
 
-from defusedxml import DefusedXmlException
-from defusedxml import ElementTree as DET
-from xml.etree.ElementTree import ParseError
-
 from ..codecs import (
     ALL_SAMPLERATES, BITRATE_RANGE_KBPS, CODECS, DEFAULT_CODEC, MUSIC_MODE_CODECS, get_codec,
 )
 from ..errors import CIError
+from .xmltree import MAX_DEPTH, parse_tree
 from .model import (
     AUDIO_MODES, CALLBACK_FORMATS, CALLBACK_TYPES, JOB_LEVELS, MQ_MODES, MQ_REGIONS, TAG,
     AudioConfig, CallBackMqConfig, JobRequest, Operation, OutputSpec, TemplateRequest,
@@ -58,7 +55,6 @@ from .model import (
 )
 
 MAX_BODY_BYTES = 1 << 20
-MAX_DEPTH = 16
 MAX_USERDATA = 1024
 MAX_KEY_BYTES = 850
 MAX_BUCKET_LEN = 50
@@ -105,30 +101,6 @@ def _bad(message: str, resource: str | None = None, code: str = "InvalidArgument
 # Loading: bytes -> tree
 # --------------------------------------------------------------------------------------------
 
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else str(tag)
-
-
-def _elem_to_tree(el, depth: int) -> Any:
-    if depth > MAX_DEPTH:
-        raise _bad(f"XML nested deeper than {MAX_DEPTH} levels", code="InvalidContent")
-    children = list(el)
-    if not children:
-        return el.text or ""
-    out: dict[str, Any] = {}
-    for c in children:
-        if not isinstance(c.tag, str):  # comments / processing instructions
-            continue
-        tag = _local(c.tag)
-        val = _elem_to_tree(c, depth + 1)
-        if tag in out:
-            prev = out[tag]
-            out[tag] = (prev if isinstance(prev, list) else [prev]) + [val]
-        else:
-            out[tag] = val
-    return out
-
-
 def _detect(raw: bytes) -> Fmt:
     head = raw.lstrip(b"\xef\xbb\xbf \t\r\n")
     return "json" if head.startswith(b"{") else "xml"
@@ -155,17 +127,7 @@ def _load(body: bytes | str | None, fmt: Fmt | None, root: str) -> tuple[dict, F
 
 
 def _load_xml(data: bytes | str, root: str) -> dict:
-    try:
-        el = DET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except DefusedXmlException as e:
-        raise _bad(f"MalformedXML: DTDs, entities and external references are not allowed ({type(e).__name__})",
-                   code="InvalidContent") from None
-    except (ParseError, ValueError, UnicodeError) as e:
-        raise _bad(f"MalformedXML: the body is not well-formed XML ({e})", code="InvalidContent") from None
-    if _local(el.tag) != root:
-        raise _bad(f"the root element must be <{root}>, got <{_local(el.tag)}>", resource=_local(el.tag))
-    tree = _elem_to_tree(el, 1)
-    return tree if isinstance(tree, dict) else {}
+    return parse_tree(data, root, code="InvalidContent", root_code="InvalidArgument")
 
 
 def _reject_constant(name: str):

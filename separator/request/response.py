@@ -13,8 +13,6 @@ Everything is first built as a plain ordered tree — ``dict`` (children in prot
 from __future__ import annotations
 
 import json
-import re
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Literal
@@ -22,14 +20,12 @@ from typing import Any, Iterable, Literal
 from ..errors import CIError
 from .ids import format_time, new_request_id
 from .model import TAG, AudioConfig, JobRequest, VoiceSeparateParams
+from .xmltree import XML_HEADER, to_xml  # noqa: F401  (re-exported)
+from .xmltree import text as _s
 
 Fmt = Literal["xml", "json"]
-XML_HEADER = '<?xml version="1.0" encoding="utf-8"?>\n'
 STATES = ("Submitted", "Running", "Success", "Failed", "Pause", "Cancel")
 FINISHED_STATES = ("Success", "Failed")
-
-_XML_BAD = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
 
 @dataclass
 class JobRecord:
@@ -81,14 +77,6 @@ class TemplateRecord:
 # --------------------------------------------------------------------------------------------
 # Trees
 # --------------------------------------------------------------------------------------------
-
-def _s(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
-
 
 def _audio_config_dict(cfg: AudioConfig | None) -> dict:
     cfg = cfg or AudioConfig()
@@ -178,35 +166,6 @@ def template_dict(t: TemplateRecord) -> dict:
 # --------------------------------------------------------------------------------------------
 # Writers
 # --------------------------------------------------------------------------------------------
-
-def _xml_text(s: str) -> str:
-    return _XML_BAD.sub("", s)
-
-
-def _fill(parent: ET.Element, tag: str, value: Any) -> None:
-    if isinstance(value, list):
-        for item in value:
-            _fill(parent, tag, item)
-        return
-    el = ET.SubElement(parent, tag)
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _fill(el, k, v)
-    elif value not in (None, ""):
-        el.text = _xml_text(_s(value))
-
-
-def to_xml(root_tag: str, tree: dict, *, keep_empty_lists: Iterable[str] = ()) -> bytes:
-    """Write ``{child: value}`` under ``<root_tag>``; names in ``keep_empty_lists`` render as one
-    empty element when their list is empty (``<JobsDetail/>``)."""
-    root = ET.Element(root_tag)
-    for k, v in tree.items():
-        if isinstance(v, list) and not v and k in keep_empty_lists:
-            ET.SubElement(root, k)
-        else:
-            _fill(root, k, v)
-    return (XML_HEADER + ET.tostring(root, encoding="unicode")).encode("utf-8")
-
 
 def to_json(tree: dict) -> bytes:
     # "replace": a lone surrogate (e.g. surrogateescape-decoded ffmpeg output) becomes "?"
