@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .batch.cli import add_batch_parser
     add_batch_parser(sub)
 
+    from .eval_cli import add_eval_parser
+    add_eval_parser(sub)
+
     p = sub.add_parser("serve", help="serve the cloud's VoiceSeparate job API on localhost",
                        description="Serve the VoiceSeparate job, template and queue API and the COS "
                        "object calls the official SDK makes, on a local storage root. Jobs run in "

