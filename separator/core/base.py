@@ -32,6 +32,10 @@ class ModelSpec:
 class LoadedModel(abc.ABC):
     """A model with its weights on ``device``.  Holds no per-stream state: concurrent streams are fine."""
 
+    #: True when the sources add up to the input exactly (to float rounding), so the
+    #: pipeline can take "everything but the vocals" from them instead of from the mixture.
+    sources_sum_to_input: bool = False
+
     def __init__(self, spec: ModelSpec, device: str) -> None:
         self.spec = spec
         self.device = device

@@ -129,8 +129,10 @@ def separate_file(
                 progress(done, max(total, done))
 
         decoded = Decoded(input_path, sr, ch, source)
-        # The mixture again, frame-aligned with the model's output, for the residual background.
-        mixture = Reblocker(iter(decoded)) if "background" in roles else None
+        # The mixture again, frame-aligned with the model's output, for the residual background
+        # (not needed when the model's sources already sum to its input).
+        need_mix = "background" in roles and not loaded.sources_sum_to_input
+        mixture = Reblocker(iter(decoded)) if need_mix else None
         if mixture is not None:
             stack.callback(mixture.close)
         for block in loaded.separate_stream(decoded, progress=on_progress):

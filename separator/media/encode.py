@@ -22,7 +22,9 @@ Choices (see the README's media notes):
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,6 +207,25 @@ class Encoder:
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE)
         self._drain = _StderrDrain(self._proc.stderr)
+        # A feeder thread writes to ffmpeg's stdin, so that encoding runs while the caller
+        # computes the next block (a pipe holds only ~0.2 s of audio: writing directly would
+        # make separation wait for the encoder).  The queue is bounded: memory stays bounded.
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._feed_error: BaseException | None = None
+        self._feeder = threading.Thread(target=self._feed, name="encoder-feed", daemon=True)
+        self._feeder.start()
+
+    def _feed(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            if self._feed_error is not None:
+                continue  # keep draining so that a producer blocked on put() wakes up
+            try:
+                self._proc.stdin.write(data)
+            except (BrokenPipeError, OSError, ValueError) as err:
+                self._feed_error = err
 
     # -- streaming ------------------------------------------------------------------------
     def write(self, block: np.ndarray) -> None:
@@ -217,17 +238,19 @@ class Encoder:
             raise ValueError(f"expected a (frames, {self.in_channels}) block, got shape {a.shape}")
         if a.shape[0] == 0:
             return
-        a = np.clip(np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
-        try:
-            self._proc.stdin.write(np.ascontiguousarray(a, dtype="<f4").tobytes())
-        except (BrokenPipeError, OSError):
+        if self._feed_error is not None:
             self._fail("ffmpeg stopped accepting audio")
+        a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=-1.0)  # a new array: safe to clip in place
+        np.clip(a, -1.0, 1.0, out=a)
+        self._queue.put(np.ascontiguousarray(a, dtype="<f4").tobytes())
         self.frames_written += a.shape[0]
 
     def close(self) -> None:
         """Finish the file; raise ``CIError('InternalError')`` if ffmpeg failed."""
         if self._closed:
             return
+        self._queue.put(None)
+        self._feeder.join()
         try:
             self._proc.stdin.close()
         except (BrokenPipeError, OSError):
@@ -237,6 +260,8 @@ class Encoder:
         self._closed = True
         if rc != 0:
             self._fail(f"ffmpeg exited with {rc}")
+        if self._feed_error is not None:
+            self._fail(f"ffmpeg stopped accepting audio ({self._feed_error})")
         if self.frames_written == 0:
             self._fail("no audio was written")
 
@@ -244,6 +269,19 @@ class Encoder:
         """Kill ffmpeg and delete the partial output."""
         self._closed = True
         _reap(self._proc, self._drain)
+        feeder = getattr(self, "_feeder", None)
+        if feeder is not None and feeder.is_alive() and feeder is not threading.current_thread():
+            self._feed_error = self._feed_error or RuntimeError("aborted")
+            while True:  # make room for the stop marker: queued audio is not wanted any more
+                try:
+                    self._queue.put_nowait(None)
+                    break
+                except queue.Full:
+                    try:
+                        self._queue.get_nowait()
+                    except queue.Empty:
+                        pass
+            feeder.join(timeout=10)
         try:
             os.unlink(self.out_path)
         except FileNotFoundError:
