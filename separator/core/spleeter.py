@@ -19,6 +19,16 @@ vocals keep the model's vocals (``mask_extension`` "zeros" as Spleeter; "average
 Spleeter's alternative) and, by default (``full_band=True``), the accompaniment is
 ``mixture - vocals``: it keeps everything above 11 kHz and the two stems sum back to the
 input exactly (float rounding).  ``full_band=False`` reproduces stock Spleeter.
+
+Wiener filtering (``wiener=True``, off by default): instead of the ratio mask, the bins
+below F go through the multichannel Wiener filter of original Spleeter's ``MWF=True``
+(:mod:`separator.core.wiener`, a port of ``norbert.wiener(v, x)``): ``v`` = the two U-Nets'
+magnitude estimates, ``x`` = the chunk's mixture STFT, soft-mask initialisation, then
+``wiener_iterations`` EM steps (Spleeter: 1); spatial covariances are estimated per chunk
+(Spleeter: per file; the dev items fit in one chunk).  The vocals are the filtered vocals
+(above F: as ``mask_extension`` says, "average" using the ratio mask's per-frame mean), and
+the accompaniment is still ``mixture - vocals``, or with ``full_band=False`` the filtered
+accompaniment, zero above F -- which is exactly Spleeter with ``MWF=True``.
 """
 from __future__ import annotations
 
@@ -32,6 +42,7 @@ from torch import nn
 from .base import ChunkedModel, ModelSpec
 from .chunked import ChunkPlan
 from .weights import load_spleeter_2stems
+from .wiener import wiener_cf
 
 
 # --------------------------------------------------------------------------- network
@@ -163,13 +174,19 @@ class Spleeter2Stems(ChunkedModel):
 
     def __init__(self, device: str = "cpu", *, mask_extension: str = "zeros", full_band: bool = True,
                  segments_per_chunk: int = DEFAULT_SEGMENTS_PER_CHUNK, overlap: int = DEFAULT_OVERLAP,
-                 batch_segments: int = 2, half: bool = False, spec: ModelSpec = SPEC) -> None:
+                 batch_segments: int = 2, half: bool = False, wiener: bool = False,
+                 wiener_iterations: int = 1, spec: ModelSpec = SPEC) -> None:
         super().__init__(spec, device)
         if mask_extension not in ("zeros", "average"):
             raise ValueError(f"mask_extension must be 'zeros' or 'average', got {mask_extension!r}")
+        if int(wiener_iterations) != wiener_iterations or wiener_iterations < 0:
+            raise ValueError(f"wiener_iterations must be an integer >= 0, got {wiener_iterations!r}")
+        self.wiener = bool(wiener)
+        self.wiener_iterations = int(wiener_iterations)
         self.p = StftParams()
         self.mask_extension = mask_extension
         self.full_band = full_band
+        self.sources_sum_to_input = full_band   # accompaniment = mixture - vocals
         self.batch_segments = max(1, int(batch_segments))
         self.half = bool(half) and torch.device(device).type == "cuda"
         segment = segments_per_chunk * self.p.segment_frames * self.p.frame_step - self.p.frame_length
@@ -204,9 +221,51 @@ class Spleeter2Stems(ChunkedModel):
             mask[b:b + self.batch_segments] = ratio_masks(est)[0]
         return mask.permute(1, 3, 0, 2).reshape(c, f, nseg * t)[:, :, :k]
 
+    def source_magnitudes(self, mag: torch.Tensor) -> torch.Tensor:
+        """``mag[C, F, K]`` -> the U-Nets' magnitude estimates ``[2, C, F, K]`` (vocals first)."""
+        c, f, k = mag.shape
+        t = self.p.segment_frames
+        nseg = math.ceil(k / t)
+        x = F.pad(mag, (0, nseg * t - k)).view(c, f, nseg, t).permute(2, 0, 3, 1)   # (nseg, C, T, F)
+        est = x.new_empty(len(self.nets), *x.shape)
+        for b in range(0, nseg, self.batch_segments):
+            xb = x[b:b + self.batch_segments].contiguous(memory_format=torch.channels_last)
+            if self.half:
+                xb = xb.half()
+            for i, net in enumerate(self.nets):
+                est[i, b:b + self.batch_segments] = net(xb).float()
+        return est.permute(0, 2, 4, 1, 3).reshape(len(self.nets), c, f, nseg * t)[..., :k]
+
+    def _separate_chunk_wiener(self, chunk: torch.Tensor) -> torch.Tensor:
+        n = chunk.shape[-1]
+        fb = self.p.bins
+        spec = tf_stft(chunk, self.window, self.p)                 # (C, 2049, K)
+        est = self.source_magnitudes(spec[:, :fb].abs())           # (2, C, F, K)
+        average = self.mask_extension == "average"
+        mask_mean = ratio_masks(list(est))[0].mean(dim=1, keepdim=True) if average else None
+        y = wiener_cf(est, spec[:, :fb], iterations=self.wiener_iterations,
+                      sources=(0,) if self.full_band else (0, 1))  # filtered STFTs, vocals first
+        del est
+        aspec = None
+        if not self.full_band:   # Spleeter MWF=True: filtered accompaniment, zero above bin F
+            aspec = torch.zeros_like(spec)
+            aspec[:, :fb] = y[1]
+        if average:
+            spec[:, fb:] *= mask_mean
+        else:
+            spec[:, fb:] = 0
+        spec[:, :fb] = y[0]
+        del y
+        vocals = tf_istft(spec, self.window, self.p, n)
+        del spec
+        accomp = chunk - vocals if aspec is None else tf_istft(aspec, self.window, self.p, n)
+        return torch.stack([vocals, accomp])
+
     def separate_chunk(self, chunk: torch.Tensor) -> torch.Tensor:
         """``chunk[C, N]`` -> ``[2, C, N]`` (vocals, accompaniment)."""
         chunk = chunk.float()
+        if self.wiener:
+            return self._separate_chunk_wiener(chunk)
         n = chunk.shape[-1]
         fb = self.p.bins
         spec = tf_stft(chunk, self.window, self.p)                 # (C, 2049, K)
@@ -234,7 +293,9 @@ def load(spec: ModelSpec, device: str, *, model_dir: str | None = None, jobs: in
     """Registry factory.  Takes the engine's generic knobs and maps them onto this model:
     ``segment`` (seconds) → whole U-Net segments per chunk (11.9 s each), ``overlap``
     (fraction of a chunk) → the cross-fade length.  ``shifts`` has no meaning here (Demucs only);
-    ``model_dir`` and ``jobs`` are Demucs settings and are ignored."""
+    ``model_dir`` and ``jobs`` are Demucs settings and are ignored.  Model options pass
+    through, e.g. ``wiener=True`` (multichannel Wiener filter, as Spleeter's ``MWF=True``)
+    and ``wiener_iterations`` (EM steps, default 1)."""
     from ..errors import CIError
 
     if shifts:
@@ -257,4 +318,9 @@ def load(spec: ModelSpec, device: str, *, model_dir: str | None = None, jobs: in
         per_chunk = options.get("segments_per_chunk", DEFAULT_SEGMENTS_PER_CHUNK)
         chunk = per_chunk * p.segment_frames * p.frame_step - p.frame_length
         options["overlap"] = int(overlap * chunk)
+    if "wiener_iterations" in options:
+        it = options["wiener_iterations"]
+        if isinstance(it, bool) or not isinstance(it, int) or it < 0:
+            raise CIError("InvalidArgument", f"wiener_iterations must be an integer >= 0, got {it!r}",
+                          resource="wiener_iterations")
     return Spleeter2Stems(device, spec=spec, **options)
