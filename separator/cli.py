@@ -68,10 +68,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _model_options(args: argparse.Namespace) -> dict:
     opts = {}
-    for name in ("shifts", "overlap", "segment", "jobs", "batch", "model_dir"):
+    for name in ("shifts", "overlap", "segment", "jobs", "batch", "model_dir", "precision"):
         value = getattr(args, name, None)
         if value is not None:
             opts[name] = value
+    if getattr(args, "wiener", False):
+        opts["wiener"] = True
     return opts
 
 
@@ -87,6 +89,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, help="Demucs: chunks computed concurrently (default 1)")
     p.add_argument("--batch", type=int, help="chunks (Demucs) or 11.9 s U-Net segments (bundled "
                    "model) per forward pass (default 2): faster, more memory")
+    p.add_argument("--wiener", action="store_true", help="bundled model: multichannel Wiener "
+                   "filter on the vocals (+0.1 dB vocals, +0.1 dB background; ~25 %% more time)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="bundled model: arithmetic of the U-Nets (default auto = bf16 on CPUs with "
+                   "native bf16 (AMX/AVX512-BF16: ~1.7x faster, SDR within 0.03 dB), else fp32; "
+                   "fp16 on CUDA only)")
     p.add_argument("--model-dir", dest="model_dir",
                    help="directory of Demucs weights (default $SEPARATOR_MODEL_DIR or ~/.cache/separator/models)")
 

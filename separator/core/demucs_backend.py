@@ -701,6 +701,10 @@ def load_demucs(name: str, device: str | None = None, *, model_dir: str | os.Pat
 
 def load(spec: ModelSpec, device: str, **options) -> DemucsModel:
     """Registry factory: ``register(spec, load)``."""
+    for knob in ("wiener", "precision"):
+        if options.pop(knob, None) not in (None, False, "fp32"):
+            raise invalid_argument(f"{knob} applies to the bundled spleeter-2stems model, "
+                                   f"not to Demucs model {spec.name}")
     return load_demucs(spec.name, device, spec=spec, **options)
 
 
