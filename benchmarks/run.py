@@ -297,7 +297,9 @@ def spleeter_option_names() -> set[str]:
 
 def quality_variants(quick: bool, extra: bool = False) -> list[tuple[str, dict, str]]:
     v = [("default", {}, "our default: vocals with Spleeter's 'zeros' mask extension, "
-                         "accompaniment = mixture - vocals (keeps > 11 kHz)"),
+                         "accompaniment = mixture - vocals (keeps > 11 kHz); precision auto "
+                         "(bf16 U-Nets on CPUs with native bf16)"),
+         ("fp32", {"precision": "fp32"}, "the default with float32 U-Nets (exactly TF Spleeter's vocals)"),
          ("stock", {"full_band": False}, "stock Spleeter output (band-limited accompaniment mask): same as TF"),
          ]
     names = spleeter_option_names()

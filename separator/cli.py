@@ -87,8 +87,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segment", type=float, help="Demucs: chunk length in seconds "
                    "(at most the model's training segment)")
     p.add_argument("--jobs", type=int, help="Demucs: chunks computed concurrently (default 1)")
-    p.add_argument("--batch", type=int, help="chunks (Demucs) or 11.9 s U-Net segments (bundled "
-                   "model) per forward pass (default 2): faster, more memory")
+    p.add_argument("--batch", type=int, help="chunks (Demucs, default 1) or 11.9 s U-Net segments "
+                   "(bundled model, default 2) per forward pass: more memory; helps on GPUs")
     p.add_argument("--wiener", action="store_true", help="bundled model: multichannel Wiener "
                    "filter on the vocals (+0.1 dB vocals, +0.1 dB background; ~25 %% more time)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
