@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ray_nodes import RAY, alive_nodes, free_port, stop
 
 pytest.importorskip("ray")
 
@@ -30,47 +29,14 @@ from separator.media import probe  # noqa: E402
 from separator.storage.local import TMP_PREFIX  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).with_name("ray"))
 CLIP_SRC = "librosa-data/Kevin_MacLeod_-_Vibe_Ace.hq.ogg"
 N_INPUTS = 12
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _alive_nodes(address: str, env: dict) -> int:
-    proc = subprocess.run([RAY, "status", f"--address={address}"], capture_output=True, text=True,
-                          env=env, timeout=30)
-    if proc.returncode != 0:
-        return 0
-    active = proc.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
-    return len(re.findall(r"node_[0-9a-f]+", active))
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-    # daemons of the group may outlive the `ray start` process itself
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture
 def cluster():
     temp = Path(tempfile.mkdtemp(prefix="sepray-", dir="/tmp"))   # short: Ray's socket paths
-    port, client_port = _free_port(), _free_port()
+    port, client_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0",
                # notice a dead node within a few seconds (defaults: about 30 s)
@@ -92,17 +58,17 @@ def cluster():
         head = start(["--head", f"--port={port}", f"--ray-client-server-port={client_port}",
                       "--include-dashboard=false", f"--temp-dir={temp / 'ray'}"], "head")
         deadline = time.monotonic() + 60
-        while _alive_nodes(address, env) < 1:
+        while alive_nodes(address, env) < 1:
             assert head.poll() is None and time.monotonic() < deadline, (temp / "head.log").read_text()[-3000:]
             time.sleep(1)
         node2 = start([f"--address={address}"], "node2")
-        while _alive_nodes(address, env) < 2:
+        while alive_nodes(address, env) < 2:
             assert node2.poll() is None and time.monotonic() < deadline, (temp / "node2.log").read_text()[-3000:]
             time.sleep(1)
         yield {"address": address, "head": head, "node2": node2, "env": env, "temp": temp}
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop(p)
         for log in logs:
             log.close()
         shutil.rmtree(temp, ignore_errors=True)
@@ -153,7 +119,7 @@ def test_two_node_cluster_survives_losing_a_node(cluster, inputs, tmp_path):
             time.sleep(0.05)
         done_before = len(_records(out))
         assert done_before <= N_INPUTS - 4, "too late to kill a node mid-run"
-        _stop(cluster["node2"])
+        stop(cluster["node2"])
         rc = batch.wait(timeout=180)
     finally:
         if batch.poll() is None:

@@ -21,10 +21,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ray_nodes import RAY, alive_nodes, free_port, stop
 
 pytest.importorskip("qcloud_cos")
 from qcloud_cos.cos_exception import CosServiceError  # noqa: E402
@@ -42,7 +41,6 @@ HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip install 'separator[ray]')")
 
 REPO = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).with_name("ray"))
 DATA = REPO.parent / "shared" / "data"
 CLIP = DATA / "mirdata-test-resources" / "ikala" / "Wavfile" / "10161_chorus.wav"
 FAKE = "separator.jobs.workers:fake_engine"
@@ -50,41 +48,10 @@ FAKE = "separator.jobs.workers:fake_engine"
 
 # -- the cluster (as in test_batch_ray.py, but one per module) ------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _alive_nodes(address: str, env: dict) -> int:
-    proc = subprocess.run([RAY, "status", f"--address={address}"], capture_output=True, text=True,
-                          env=env, timeout=30)
-    if proc.returncode != 0:
-        return 0
-    active = proc.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
-    return len(re.findall(r"node_[0-9a-f]+", active))
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # daemons of the group may outlive the `ray start` process itself
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture(scope="module")
 def cluster():
     temp = Path(tempfile.mkdtemp(prefix="sepray-", dir="/tmp"))   # short: Ray's socket paths
-    port, client_port = _free_port(), _free_port()
+    port, client_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0",
                RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3",
@@ -104,17 +71,17 @@ def cluster():
         head = start(["--head", f"--port={port}", f"--ray-client-server-port={client_port}",
                       "--include-dashboard=false", f"--temp-dir={temp / 'ray'}"], "head")
         deadline = time.monotonic() + 60
-        while _alive_nodes(address, env) < 1:
+        while alive_nodes(address, env) < 1:
             assert head.poll() is None and time.monotonic() < deadline, (temp / "head.log").read_text()[-3000:]
             time.sleep(0.5)
         node2 = start([f"--address={address}"], "node2")
-        while _alive_nodes(address, env) < 2:
+        while alive_nodes(address, env) < 2:
             assert node2.poll() is None and time.monotonic() < deadline, (temp / "node2.log").read_text()[-3000:]
             time.sleep(0.5)
         yield {"address": address, "env": env}
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop(p)
         for log in logs:
             log.close()
         shutil.rmtree(temp, ignore_errors=True)
