@@ -19,7 +19,6 @@ files to copy and where.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import threading
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from separator.errors import ModelUnavailable
 
+from ..filehash import file_digest
 from .catalogue import DEMUCS_URL_ROOT, CatalogueModel, WeightFile, demucs_catalogue
 
 ENV_MODEL_DIR = "SEPARATOR_MODEL_DIR"
@@ -75,11 +75,7 @@ def _url(f: WeightFile) -> str:
 # --------------------------------------------------------------------------- checks
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for buf in iter(lambda: fh.read(1 << 20), b""):
-            h.update(buf)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def split_name(path: Path) -> tuple[str, str | None]:

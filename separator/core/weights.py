@@ -17,7 +17,6 @@ under ``$SEPARATOR_CACHE`` (default ``~/.cache/separator``) so later loads are f
 from __future__ import annotations
 
 import codecs
-import hashlib
 import importlib.util
 import logging
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..filehash import file_digest
 from ..errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -136,11 +136,7 @@ def validate_state(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def _cache_file(stem: str, digest: str) -> Path:

@@ -9,7 +9,6 @@ written atomically: a temporary file in the same directory, fsync, then
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import tempfile
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..filehash import file_digest
 from ..errors import CIError
 
 BUCKET_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?-[0-9]{1,20}$")
@@ -162,8 +162,4 @@ def _umask() -> int:
 
 
 def file_md5(path: str | os.PathLike[str]) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "md5")
