@@ -3,12 +3,17 @@ service tests).  Each node runs ``ray start --block`` in its own process group, 
 kills exactly its own processes (``ray stop`` would stop every Ray process on the machine)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -43,3 +48,46 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+@contextlib.contextmanager
+def two_node_cluster() -> Iterator[dict]:
+    """A head and a second node (1 CPU each) on 127.0.0.1; yields address, head, node2, env,
+    temp.  Health checks are tightened so a killed node is noticed within a few seconds."""
+    temp = Path(tempfile.mkdtemp(prefix="sepray-", dir="/tmp"))   # short: Ray's socket paths
+    port, client_port = free_port(), free_port()
+    address = f"127.0.0.1:{port}"
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0",
+               # notice a dead node within a few seconds (defaults: about 30 s)
+               RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3",
+               RAY_health_check_initial_delay_ms="1000", RAY_health_check_timeout_ms="1000")
+    common = ["--block", "--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    logs = []
+    procs: list[subprocess.Popen] = []
+
+    def start(args: list[str], name: str) -> subprocess.Popen:
+        log = open(temp / f"{name}.log", "wb")
+        logs.append(log)
+        p = subprocess.Popen([RAY, "start", *args, *common], stdout=log, stderr=subprocess.STDOUT, env=env,
+                             start_new_session=True)
+        procs.append(p)
+        return p
+
+    try:
+        head = start(["--head", f"--port={port}", f"--ray-client-server-port={client_port}",
+                      "--include-dashboard=false", f"--temp-dir={temp / 'ray'}"], "head")
+        deadline = time.monotonic() + 60
+        while alive_nodes(address, env) < 1:
+            assert head.poll() is None and time.monotonic() < deadline, (temp / "head.log").read_text()[-3000:]
+            time.sleep(0.5)
+        node2 = start([f"--address={address}"], "node2")
+        while alive_nodes(address, env) < 2:
+            assert node2.poll() is None and time.monotonic() < deadline, (temp / "node2.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield {"address": address, "head": head, "node2": node2, "env": env, "temp": temp}
+    finally:
+        for p in reversed(procs):
+            stop(p)
+        for log in logs:
+            log.close()
+        shutil.rmtree(temp, ignore_errors=True)

@@ -14,12 +14,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from ray_nodes import RAY, alive_nodes, free_port, stop
+from ray_nodes import stop, two_node_cluster
 
 pytest.importorskip("ray")
 
@@ -35,43 +34,8 @@ N_INPUTS = 12
 
 @pytest.fixture
 def cluster():
-    temp = Path(tempfile.mkdtemp(prefix="sepray-", dir="/tmp"))   # short: Ray's socket paths
-    port, client_port = free_port(), free_port()
-    address = f"127.0.0.1:{port}"
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0",
-               # notice a dead node within a few seconds (defaults: about 30 s)
-               RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3",
-               RAY_health_check_initial_delay_ms="1000", RAY_health_check_timeout_ms="1000")
-    common = ["--block", "--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
-    logs = []
-    procs: list[subprocess.Popen] = []
-
-    def start(args: list[str], name: str) -> subprocess.Popen:
-        log = open(temp / f"{name}.log", "wb")
-        logs.append(log)
-        p = subprocess.Popen([RAY, "start", *args, *common], stdout=log, stderr=subprocess.STDOUT, env=env,
-                             start_new_session=True)
-        procs.append(p)
-        return p
-
-    try:
-        head = start(["--head", f"--port={port}", f"--ray-client-server-port={client_port}",
-                      "--include-dashboard=false", f"--temp-dir={temp / 'ray'}"], "head")
-        deadline = time.monotonic() + 60
-        while alive_nodes(address, env) < 1:
-            assert head.poll() is None and time.monotonic() < deadline, (temp / "head.log").read_text()[-3000:]
-            time.sleep(1)
-        node2 = start([f"--address={address}"], "node2")
-        while alive_nodes(address, env) < 2:
-            assert node2.poll() is None and time.monotonic() < deadline, (temp / "node2.log").read_text()[-3000:]
-            time.sleep(1)
-        yield {"address": address, "head": head, "node2": node2, "env": env, "temp": temp}
-    finally:
-        for p in reversed(procs):
-            stop(p)
-        for log in logs:
-            log.close()
-        shutil.rmtree(temp, ignore_errors=True)
+    with two_node_cluster() as c:
+        yield c
 
 
 @pytest.fixture
