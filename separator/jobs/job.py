@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import CIError
-from ..media import probe
+from ..media import outputs_media_info
 from ..request import (
     JobRecord, JobRequest, merge_template, new_job_id, new_queue_id, resolve_outputs,
 )
@@ -76,7 +76,8 @@ def run_job(req: JobRequest, storage: LocalStorage, *, bucket: str, region: str,
                                device=device, progress=progress, model_options=model_options)
         written = [(targets_keys[role], file_md5(path)) for role, path in result.outputs.items()]
         record.media_result = written
-        record.media_info = media_info(result.source, list(result.outputs.values()))
+        # Format describes the input; Stream.Audio one entry per output, in MediaResult order
+        record.media_info = outputs_media_info(result.outputs.values(), source=result.source)
         record.extra = {"SeparatorModel": result.model, "SeparatorDevice": result.device}
         record.state, record.code, record.message = "Success", "Success", ""
     except CIError as err:
@@ -88,13 +89,3 @@ def run_job(req: JobRequest, storage: LocalStorage, *, bucket: str, region: str,
     record.end_time = datetime.now(timezone.utc)
     return record
 
-
-def media_info(source, outputs) -> dict:
-    """``MediaInfo``: ``Format`` describes the input; ``Stream.Audio`` lists each output's
-    audio stream in MediaResult order (as in the cloud's callback example)."""
-    info = source.media_info()
-    audio = []
-    for path in outputs:
-        audio.extend(probe(path).media_info()["Stream"]["Audio"])
-    info["Stream"] = {"Audio": audio, "Subtitle": "", "Video": ""}
-    return info

@@ -314,12 +314,14 @@ def media_info(path: str | os.PathLike) -> dict:
     return probe(path).media_info()
 
 
-def outputs_media_info(paths: Iterable[str | os.PathLike]) -> dict:
+def outputs_media_info(paths: Iterable[str | os.PathLike], *, source: MediaProbe | None = None) -> dict:
     """``MediaInfo`` for a job's outputs, as in the official callback example: one ``Audio``
     entry per output file (in the given order; ``Index`` is the stream's index in its own file),
-    ``Video`` empty, and ``Format`` describing the first output."""
+    ``Video`` empty, and ``Format`` describing ``source`` (the job's input) when given, else the
+    first output."""
     infos = [media_info(p) for p in paths]
     if not infos:
         raise ValueError("outputs_media_info needs at least one path")
     audio = [a for info in infos for a in info["Stream"]["Audio"]]
-    return {"Format": infos[0]["Format"], "Stream": {"Audio": audio, "Subtitle": "", "Video": ""}}
+    fmt = source.media_info()["Format"] if source is not None else infos[0]["Format"]
+    return {"Format": fmt, "Stream": {"Audio": audio, "Subtitle": "", "Video": ""}}
