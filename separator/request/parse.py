@@ -394,11 +394,15 @@ def check_outputs(output: OutputSpec | None, mode: str | None, path: str = "Oper
             seen[key] = node
 
 
+def check_tag(tag: str | None) -> None:
+    if tag != TAG:
+        raise _bad(f"Tag must be {_show(TAG)}, got {_show(tag)}" if tag else "Tag is required (VoiceSeparate)",
+                   resource="Tag")
+
+
 def validate_job_request(req: JobRequest) -> JobRequest:
     """Check every §1 rule; raise :class:`CIError` on the first violation, else return ``req``."""
-    if req.tag != TAG:
-        raise _bad(f"Tag must be {_show(TAG)}, got {_show(req.tag)}" if req.tag else "Tag is required (VoiceSeparate)",
-                   resource="Tag")
+    check_tag(req.tag)
     if not req.input_object:
         raise _bad("Input.Object is required", resource="Input.Object")
     check_object_key(req.input_object, "Input.Object")
@@ -464,9 +468,7 @@ def _check_url(url: str, path: str) -> None:
 
 
 def validate_template_request(req: TemplateRequest) -> TemplateRequest:
-    if req.tag != TAG:
-        raise _bad(f"Tag must be {_show(TAG)}, got {_show(req.tag)}" if req.tag else "Tag is required (VoiceSeparate)",
-                   resource="Tag")
+    check_tag(req.tag)
     if not req.name:
         raise _bad("Name is required", resource="Name")
     if len(req.name) > MAX_TEMPLATE_NAME or not TEMPLATE_NAME_RE.match(req.name):
