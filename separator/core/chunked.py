@@ -126,6 +126,7 @@ def overlap_add_stream(
     wsum = np.zeros(seg, np.float32)    # sum of weights, same positions
     pos = 0                             # absolute start of the current chunk
     total: int | None = None            # stream length, once known
+    to_cuda = torch.cuda.is_available() and torch.device(device).type == "cuda"
 
     def fill() -> None:
         nonlocal ended, total
@@ -152,7 +153,11 @@ def overlap_add_stream(
         chunk = queue.peek(n)
         if n < seg and plan.pad_last:
             chunk = np.concatenate([chunk, np.zeros((seg - n, channels), np.float32)], axis=0)
-        x = torch.from_numpy(np.ascontiguousarray(chunk.T)).to(device)
+        x = torch.from_numpy(np.ascontiguousarray(chunk.T))
+        if to_cuda:   # page-locked staging: an asynchronous copy, ordered before fn's kernels
+            x = x.pin_memory().to(device, non_blocking=True)
+        else:
+            x = x.to(device)
         y = fn(x)
         y = y[..., :n].to("cpu", torch.float32).numpy().transpose(0, 2, 1)  # (S, n, C)
         if acc is None:

@@ -42,6 +42,7 @@ import os
 import random
 import tempfile
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,9 +54,10 @@ import torch
 
 from separator.errors import ModelUnavailable, invalid_argument
 
-from . import model_store
+from . import demucs_speed, model_store
 from .base import LoadedModel, ModelSpec
 from .catalogue import CatalogueModel, demucs_catalogue
+from .oom import OomFallback, module_copy
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +334,20 @@ class _Spool:
         self.fh.close()
 
 
+#: each sub-model's out-of-memory fall-back chain (smaller batches, then a CPU copy), shared
+#: by all the streams and shifts that run it; set up by DemucsModel
+_OOM: weakref.WeakKeyDictionary[torch.nn.Module, OomFallback[torch.nn.Module]] = weakref.WeakKeyDictionary()
+
+
+def _cpu_model(model: torch.nn.Module) -> torch.nn.Module:
+    return module_copy(model, "cpu", torch.float32)
+
+
+def _track_oom(model: torch.nn.Module, device: torch.device, batch: int, name: str) -> OomFallback[torch.nn.Module]:
+    fallback = _OOM[model] = OomFallback(device, batch=batch, cpu_copy=_cpu_model, name=name)
+    return fallback
+
+
 class _Unit:
     """One (sub-model, shift) pass of apply_model(split=True) over a stream.
 
@@ -433,11 +449,21 @@ class _Unit:
         return self.forward_batch([window], [n])[0]
 
     def forward_batch(self, windows: list[torch.Tensor], ns: list[int]) -> list[torch.Tensor]:
-        """Several equally long windows of this unit in one forward pass."""
+        """Several equally long windows of this unit in one forward pass (split into smaller
+        ones, or run on a CPU copy of the model, when out of memory: see :mod:`.oom`)."""
         from demucs.utils import center_trim
-        with torch.inference_mode():
-            out = self.model(torch.stack(windows).to(self.device)).to("cpu")
-        return [center_trim(out[i:i + 1], n)[0] for i, n in enumerate(ns)]
+        x = torch.stack(windows)
+        done: dict[int, torch.Tensor] = {}
+
+        def step(model: torch.nn.Module, device: torch.device, lo: int, hi: int) -> None:
+            with torch.inference_mode():
+                out = model(x[lo:hi].to(device)).to("cpu")
+            done.update((lo + i, center_trim(out[i:i + 1], ns[lo + i])[0]) for i in range(hi - lo))
+
+        fallback = _OOM.get(self.model) or _track_oom(self.model, self.device, len(windows),
+                                                      type(self.model).__name__)
+        fallback.run(self.model, len(windows), step)
+        return [done[i] for i in range(len(windows))]
 
     # ---- output side
     def consume(self, o: int, n: int, chunk_out: torch.Tensor) -> None:
@@ -527,6 +553,10 @@ class DemucsModel(LoadedModel):
         self.seed = seed
         self._device = torch.device(device)
         self.bag.to(self._device)
+        # out of memory: smaller batches of chunks, then a CPU copy of that sub-model (see .oom)
+        self.oom = [_track_oom(m, self._device, self.batch,
+                               spec.name if len(self.models) == 1 else f"{spec.name} model {i + 1}/{len(self.models)}")
+                    for i, m in enumerate(self.models)]
 
     @property
     def max_segment(self) -> float:
@@ -682,6 +712,8 @@ def load_demucs(name: str, device: str | None = None, *, model_dir: str | os.Pat
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     repo, entry = resolve_repo(name, model_dir, allow_download=allow_download)
     bag = _load_bag(name, repo, entry)
+    for sub in getattr(bag, "models", [bag]):
+        demucs_speed.optimize(sub)   # same function, less CPU (see .demucs_speed)
     if spec is None:
         spec = _spec_for(entry) if entry is not None else ModelSpec(
             name=name, family="demucs", sources=tuple(bag.sources), samplerate=int(bag.samplerate),

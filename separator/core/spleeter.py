@@ -41,16 +41,57 @@ from torch import nn
 
 from .base import ChunkedModel, ModelSpec
 from .chunked import ChunkPlan
+from .tensor_cache import source_key
+from .oom import OomFallback, module_copy
 from .weights import load_spleeter_2stems
 from .wiener import wiener_cf
 
 
 # --------------------------------------------------------------------------- network
-class _Crop2d(nn.Module):
-    """Undo the 'same' padding of a stride-2 transposed conv (Spleeter's crop: 1 before, 2 after)."""
+# Taps of the 5-tap stride-2 transposed conv that reach output phase ``s`` (0: even, 1: odd
+# positions of the cropped output) from input offset ``d`` (0: m-1, 1: m, 2: m+1).
+_PHASE_TAPS = {0: {0: 3, 1: 1}, 1: {0: 4, 1: 2, 2: 0}}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :, 1:-2, 1:-2]
+
+def polyphase_weight(w: torch.Tensor) -> torch.Tensor:
+    """``ConvTranspose2d(k=5, s=2)`` weight ``(Cin, Cout, 5, 5)`` -> the ``(4 Cout, Cin, 3, 3)``
+    weight of a stride-1, padding-1 conv whose ``pixel_shuffle(., 2)`` equals the transposed
+    conv cropped by Spleeter's ``[1:-2, 1:-2]`` (output channel ``4c + 2 s_h + s_w`` holds phase
+    ``(s_h, s_w)`` of channel ``c``)."""
+    cin, cout = w.shape[:2]
+    k = w.new_zeros(cout, 2, 2, cin, 3, 3)
+    for sh, rows in _PHASE_TAPS.items():
+        for sw, cols in _PHASE_TAPS.items():
+            for dh, kh in rows.items():
+                for dw, kw in cols.items():
+                    k[:, sh, sw, :, dh, dw] = w[:, :, kh, kw].t()
+    return k.reshape(4 * cout, cin, 3, 3)
+
+
+class CroppedConvTranspose2d(nn.ConvTranspose2d):
+    """Spleeter's up-sampling: a 5x5 stride-2 transposed conv, then its 'same' crop (1 before,
+    2 after).  Same parameters (and checkpoint names) as ``nn.ConvTranspose2d``, computed as
+    one stride-1 3x3 conv with 4x the channels + ``pixel_shuffle`` (the polyphase form): the
+    same sums in another order (float rounding), 2-3x faster on CPU (oneDNN's transposed
+    convolutions are several times slower than its direct ones of the same size)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout, kernel_size=5, stride=2)
+        self._poly: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+
+    def _polyphase(self, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.weight
+        key = (source_key(w, self.bias), channels_last)
+        if self._poly is None or self._poly[0] != key:
+            k = polyphase_weight(w.detach())
+            if channels_last:
+                k = k.contiguous(memory_format=torch.channels_last)
+            self._poly = (key, k, self.bias.detach().repeat_interleave(4))
+        return self._poly[1], self._poly[2]
+
+    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        k, b = self._polyphase(x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4)
+        return F.pixel_shuffle(F.conv2d(x, k, b, padding=1), 2)
 
 
 def _down(cin: int, cout: int) -> tuple[nn.Sequential, nn.Sequential]:
@@ -62,7 +103,8 @@ def _down(cin: int, cout: int) -> tuple[nn.Sequential, nn.Sequential]:
 
 def _up(cin: int, cout: int) -> nn.Sequential:
     # (dropout of the first three layers is the identity at inference and has no weights)
-    return nn.Sequential(nn.ConvTranspose2d(cin, cout, kernel_size=5, stride=2), _Crop2d(), nn.ReLU(),
+    # (the Identity keeps the checkpoints' module indices: the crop used to be a module)
+    return nn.Sequential(CroppedConvTranspose2d(cin, cout), nn.Identity(), nn.ReLU(),
                          nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01))
 
 
@@ -231,6 +273,9 @@ class Spleeter2Stems(ChunkedModel):
             # convolutions; ~25 % faster on CPU than the default layout, same results.
             self.nets.append(net.to(device, memory_format=torch.channels_last))
         self.window = torch.hann_window(self.p.frame_length, periodic=True, device=device)
+        # out of memory: smaller batches of segments, then a CPU copy of the U-Nets (see .oom)
+        self.oom: OomFallback[nn.ModuleList] = OomFallback(device, batch=self.batch_segments,
+                                                           cpu_copy=self._cpu_nets, name=f"{spec.name} U-Nets")
 
     # -- one chunk -------------------------------------------------------------------
     def vocal_mask(self, mag: torch.Tensor) -> torch.Tensor:
@@ -240,11 +285,13 @@ class Spleeter2Stems(ChunkedModel):
         nseg = math.ceil(k / t)
         x = F.pad(mag, (0, nseg * t - k)).view(c, f, nseg, t).permute(2, 0, 3, 1)   # (nseg, C, T, F)
         mask = torch.empty_like(x)
-        for b in range(0, nseg, self.batch_segments):
-            xb = x[b:b + self.batch_segments].contiguous(memory_format=torch.channels_last)
-            xb = xb.to(self.dtype)
-            est = [net(xb).float() for net in self.nets]   # estimated magnitudes, vocals first
-            mask[b:b + self.batch_segments] = ratio_masks(est)[0]
+
+        def step(nets: nn.ModuleList, device: torch.device, lo: int, hi: int) -> None:
+            xb = self._net_input(x[lo:hi], nets, device)
+            est = [net(xb).float() for net in nets]   # estimated magnitudes, vocals first
+            mask[lo:hi] = ratio_masks(est)[0].to(mask.device)
+
+        self.oom.run(self.nets, nseg, step)   # batches of segments; smaller / on the CPU when out of memory
         return mask.permute(1, 3, 0, 2).reshape(c, f, nseg * t)[:, :, :k]
 
     def source_magnitudes(self, mag: torch.Tensor) -> torch.Tensor:
@@ -254,11 +301,13 @@ class Spleeter2Stems(ChunkedModel):
         nseg = math.ceil(k / t)
         x = F.pad(mag, (0, nseg * t - k)).view(c, f, nseg, t).permute(2, 0, 3, 1)   # (nseg, C, T, F)
         est = x.new_empty(len(self.nets), *x.shape)
-        for b in range(0, nseg, self.batch_segments):
-            xb = x[b:b + self.batch_segments].contiguous(memory_format=torch.channels_last)
-            xb = xb.to(self.dtype)
-            for i, net in enumerate(self.nets):
-                est[i, b:b + self.batch_segments] = net(xb).float()
+
+        def step(nets: nn.ModuleList, device: torch.device, lo: int, hi: int) -> None:
+            xb = self._net_input(x[lo:hi], nets, device)
+            for i, net in enumerate(nets):
+                est[i, lo:hi] = net(xb).float().to(est.device)
+
+        self.oom.run(self.nets, nseg, step)
         return est.permute(0, 2, 4, 1, 3).reshape(len(self.nets), c, f, nseg * t)[..., :k]
 
     def _separate_chunk_wiener(self, chunk: torch.Tensor) -> torch.Tensor:
@@ -310,6 +359,17 @@ class Spleeter2Stems(ChunkedModel):
         del spec
         accomp = chunk - vocals if aspec is None else tf_istft(aspec, self.window, self.p, n)
         return torch.stack([vocals, accomp])
+
+    # -- out-of-memory fall-back -------------------------------------------------------
+    @staticmethod
+    def _net_input(xb: torch.Tensor, nets: nn.ModuleList, device: torch.device) -> torch.Tensor:
+        """A batch of ``(B, C, T, F)`` segments as ``nets`` take it: their device and dtype, channels-last."""
+        dtype = next(nets.parameters()).dtype
+        return xb.contiguous(memory_format=torch.channels_last).to(device=device, dtype=dtype)
+
+    def _cpu_nets(self, nets: nn.ModuleList) -> nn.ModuleList:
+        """The U-Nets' CPU copy for the fall-back: bf16 where the CPU computes it natively, else fp32."""
+        return module_copy(nets, "cpu", PRECISIONS[auto_precision("cpu")], memory_format=torch.channels_last)
 
 
 def load(spec: ModelSpec, device: str, *, model_dir: str | None = None, jobs: int | None = None,

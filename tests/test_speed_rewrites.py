@@ -1,0 +1,200 @@
+"""The inference-only rewrites that make the models faster compute the same function.
+
+* the bundled U-Net's up-sampling (:class:`CroppedConvTranspose2d`, polyphase form);
+* Demucs' decoder transposed convolutions and self-attention (:mod:`separator.core.demucs_speed`);
+* the malloc settings (:mod:`separator.core.allocator`), which must cut page faults.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import demucs_fixtures as fx  # noqa: E402
+
+from separator.core import demucs_speed  # noqa: E402
+from separator.core.demucs_speed import PolyphaseConvTranspose, optimize  # noqa: E402
+from separator.core.spleeter import CroppedConvTranspose2d, SpleeterUNet, expected_shapes  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+# --------------------------------------------------------------------------- bundled U-Net
+@pytest.mark.parametrize("cin,cout,h,w", [(512, 256, 4, 8), (32, 1, 16, 32), (16, 3, 5, 7), (2, 2, 1, 1)])
+def test_cropped_conv_transpose_equals_transposed_conv_and_crop(cin, cout, h, w):
+    torch.manual_seed(cin + cout)
+    ours = CroppedConvTranspose2d(cin, cout)
+    ref = nn.ConvTranspose2d(cin, cout, 5, stride=2)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, cin, h, w)
+    with torch.no_grad():
+        want = ref(x)[:, :, 1:-2, 1:-2]
+        got = ours(x)
+        assert got.shape == want.shape == (2, cout, 2 * h, 2 * w)
+        assert rel_err(got, want) < 1e-5
+        # channels-last input (what the model feeds) gives the same numbers
+        got_cl = ours(x.contiguous(memory_format=torch.channels_last))
+        assert rel_err(got_cl, want) < 1e-5
+        # the cached polyphase kernel follows in-place changes of the weights (load_state_dict)
+        ours.weight.mul_(-0.5)
+        ref.weight.mul_(-0.5)
+        assert rel_err(ours(x), ref(x)[:, :, 1:-2, 1:-2]) < 1e-5
+
+
+def test_unet_keeps_the_checkpoint_names():
+    names = set(expected_shapes())
+    assert "up1.0.weight" in names and "up1.3.running_mean" in names and "up7.0.weight" in names
+    assert expected_shapes()["up2.0.weight"] == (512, 128, 5, 5)
+
+
+def test_unet_in_bf16_matches_fp32_closely():
+    torch.manual_seed(0)
+    net = SpleeterUNet().eval()
+    for m in net.modules():       # random but sane BatchNorm statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(1, 2, 64, 128)
+    with torch.inference_mode():
+        ref = net(x)
+        half = copy.deepcopy(net).to(torch.bfloat16).to(memory_format=torch.channels_last)
+        got = half(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).float()
+    assert rel_err(got, ref) < 0.05
+
+
+# --------------------------------------------------------------------------- Demucs
+@pytest.mark.parametrize("make,shape", [
+    (lambda: nn.ConvTranspose1d(12, 6, 8, 4), (2, 12, 37)),
+    (lambda: nn.ConvTranspose2d(12, 6, (8, 1), (4, 1)), (2, 12, 37, 5)),
+    (lambda: nn.ConvTranspose1d(3, 5, 4, 2, bias=False), (1, 3, 9)),
+    (lambda: nn.ConvTranspose2d(4, 4, (6, 1), (3, 1)), (1, 4, 1, 3)),
+])
+def test_polyphase_transposed_conv_equals_the_original(make, shape):
+    torch.manual_seed(1)
+    tr = make()
+    poly = PolyphaseConvTranspose(tr)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert poly(x).shape == tr(x).shape
+        assert rel_err(poly(x), tr(x)) < 1e-5
+
+
+def test_only_eligible_transposed_convs_are_rewritten():
+    model = nn.Sequential(nn.ConvTranspose1d(4, 4, 8, 4),            # yes
+                          nn.ConvTranspose1d(4, 4, 7, 4),            # kernel not a multiple of stride
+                          nn.ConvTranspose1d(4, 4, 8, 4, padding=2), # padded
+                          nn.ConvTranspose2d(4, 4, (8, 3), (4, 1)),  # 2-D kernel
+                          nn.ConvTranspose1d(4, 4, 8, 4, groups=2))  # grouped
+    assert demucs_speed._use_polyphase(model) == 1
+    assert isinstance(model[0], PolyphaseConvTranspose)
+    assert [type(m) for m in model[1:]] == [nn.ConvTranspose1d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                                            nn.ConvTranspose1d]
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    torch.manual_seed(0)
+    stock = fx.make_tiny.tiny_htdemucs(seed=3).eval()
+    fast = copy.deepcopy(stock)
+    counts = optimize(fast)
+    return stock, fast, counts
+
+
+def test_optimized_htdemucs_computes_the_same_on_real_audio(tiny_pair):
+    stock, fast, counts = tiny_pair
+    assert counts["polyphase"] == 2 * 3 and counts["attention"] == 1   # freq + time decoders, depth 3
+    clip = fx.real_clip()
+    audio = fx.decode(clip, seconds=1.0) if clip is not None else fx.noise(1.0, seed=4)
+    x = torch.from_numpy(audio.T.copy())[None]
+    with torch.inference_mode():
+        want, got = stock(x), fast(x)
+    assert torch.isfinite(got).all()
+    sdr = 10 * torch.log10((want ** 2).sum() / ((want - got) ** 2).sum())
+    assert sdr > 100, float(sdr)
+    # parameters and their names are the checkpoint's
+    a, b = stock.state_dict(), fast.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_attention_fast_path_flag_is_restored(tiny_pair):
+    _, fast, _ = tiny_pair
+    x = torch.randn(1, 2, 44100)
+    before = torch.backends.mha.get_fastpath_enabled()
+    seen = []
+    hook = fast.crosstransformer.register_forward_pre_hook(
+        lambda m, a: seen.append(torch.backends.mha.get_fastpath_enabled()))
+    try:
+        with torch.inference_mode():
+            fast(x)
+    finally:
+        hook.remove()
+    assert seen == [False] and torch.backends.mha.get_fastpath_enabled() == before
+    # even when the forward fails
+    with pytest.raises(ValueError), torch.inference_mode():
+        fast.crosstransformer(torch.randn(1, 3, 3, 3), torch.randn(1, 3, 3))
+    assert torch.backends.mha.get_fastpath_enabled() == before
+
+
+def test_a_copy_of_an_optimized_model_is_independent(tiny_pair):
+    _, fast, _ = tiny_pair
+    twin = copy.deepcopy(fast)
+    x = torch.randn(1, 2, 44100)
+    with torch.inference_mode():
+        want = twin(x)
+        for p in fast.parameters():   # change the original in place: the copy must not follow
+            p.add_(1.0)
+        assert torch.equal(twin(x), want)
+        assert not torch.allclose(fast(x), want)
+        for p in fast.parameters():
+            p.sub_(1.0)
+
+
+# --------------------------------------------------------------------------- malloc
+_FAULTS = """
+import json, resource, torch
+from separator.core import allocator
+tuned = allocator.tune()
+again = allocator.tune()
+torch.set_num_threads(1)
+net = torch.nn.Sequential(torch.nn.Conv1d(2, 32, 5, padding=2), torch.nn.GELU(),
+                          torch.nn.Conv1d(32, 32, 5, padding=2), torch.nn.GELU(),
+                          torch.nn.Conv1d(32, 2, 5, padding=2))
+x = torch.randn(1, 2, 300000)                    # ~38 MB activations, freed after each layer
+with torch.inference_mode():
+    net(x)
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        net(x)
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+print(json.dumps({"tuned": tuned, "again": again, "faults": faults}))
+"""
+
+
+def _faults(env_value: str) -> dict:
+    env = dict(os.environ, SEPARATOR_MALLOC_TUNING=env_value, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, env=env,
+                         check=True, cwd=ROOT).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_allocator_tuning_keeps_freed_activations_in_the_heap():
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    on, off = _faults("1"), _faults("0")
+    assert on["tuned"] and on["again"] and not off["tuned"]
+    assert off["faults"] > 100_000, off          # every forward maps its activations afresh
+    assert on["faults"] < off["faults"] / 10, (on, off)
