@@ -60,12 +60,52 @@ def test_unet_keeps_the_checkpoint_names():
     assert expected_shapes()["up2.0.weight"] == (512, 128, 5, 5)
 
 
-def test_unet_in_bf16_matches_fp32_closely():
-    torch.manual_seed(0)
+def _reference_unet(net: SpleeterUNet, x: torch.Tensor) -> torch.Tensor:
+    """Spleeter's U-Net step by step with stock modules (ZeroPad2d + Conv2d, BatchNorm2d,
+    LeakyReLU, ConvTranspose2d + crop): what the fast forward must equal."""
+    skips, h = [], x
+    for i in range(1, 7):
+        c = getattr(net, f"down{i}_conv")(h)
+        skips.append(c)
+        h = getattr(net, f"down{i}_act")(c)
+
+    def up(seq, t):
+        tr = nn.ConvTranspose2d(seq[0].in_channels, seq[0].out_channels, 5, stride=2)
+        tr.load_state_dict(seq[0].state_dict())
+        return seq[3](seq[2](tr(t)[:, :, 1:-2, 1:-2]))
+
+    u = up(net.up1, skips[5])
+    for i, skip in zip(range(2, 7), reversed(skips[:5])):
+        u = up(getattr(net, f"up{i}"), torch.cat([skip, u], dim=1))
+    return net.up7(u) * x
+
+
+def _random_unet(seed: int) -> SpleeterUNet:
+    torch.manual_seed(seed)
     net = SpleeterUNet().eval()
     for m in net.modules():       # random but sane BatchNorm statistics
         if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_unet_forward_equals_the_stock_modules(channels_last):
+    net = _random_unet(1)
+    x = torch.rand(2, 2, 128, 256)
+    with torch.inference_mode():
+        want = _reference_unet(net, x)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        got = net(x)
+    assert got.shape == want.shape == x.shape
+    assert rel_err(got, want) < 1e-5
+
+
+def test_unet_in_bf16_matches_fp32_closely():
+    net = _random_unet(0)
     x = torch.rand(1, 2, 64, 128)
     with torch.inference_mode():
         ref = net(x)

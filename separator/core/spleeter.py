@@ -108,6 +108,21 @@ def _up(cin: int, cout: int) -> nn.Sequential:
                          nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01))
 
 
+def _bn_leaky_padded(act: nn.Sequential, c: torch.Tensor) -> torch.Tensor:
+    """``ZeroPad2d((1, 2, 1, 2))(act(c))`` for ``act = [BatchNorm2d, LeakyReLU]``: the LeakyReLU
+    writes straight into the padded buffer (same numbers, one copy less; channels-last when
+    ``c`` is)."""
+    b, ch, hh, ww = c.shape
+    fmt = torch.channels_last if c.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    out = torch.empty((b, ch, hh + 3, ww + 3), dtype=c.dtype, device=c.device, memory_format=fmt)
+    out[:, :, :1].zero_()
+    out[:, :, hh + 1:].zero_()
+    out[:, :, 1:hh + 1, :1].zero_()
+    out[:, :, 1:hh + 1, ww + 1:].zero_()
+    torch._C._nn.leaky_relu(act[0](c), act[1].negative_slope, out=out[:, :, 1:hh + 1, 1:ww + 1])
+    return out
+
+
 class SpleeterUNet(nn.Module):
     """One Spleeter U-Net: ``(B, 2, T, F)`` magnitudes -> ``(B, 2, T, F)`` estimated magnitudes.
 
@@ -131,12 +146,16 @@ class SpleeterUNet(nn.Module):
         self.up7 = nn.Sequential(nn.Conv2d(1, in_channels, kernel_size=4, dilation=2, padding=3), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Encoder: conv (TF 'same' padding) -> skip; BatchNorm -> LeakyReLU -> the next conv's
+        # zero-padded input, written in place.  The last encoder's activation is not used by
+        # Spleeter (up1 takes its conv output), so it is not computed.
         skips = []
-        h = x
+        h = F.pad(x, (1, 2, 1, 2))
         for i in range(1, 7):
-            c = getattr(self, f"down{i}_conv")(h)
+            c = getattr(self, f"down{i}_conv")[1](h)
             skips.append(c)
-            h = getattr(self, f"down{i}_act")(c)
+            if i < 6:
+                h = _bn_leaky_padded(getattr(self, f"down{i}_act"), c)
         u = self.up1(skips[5])
         for i, skip in zip(range(2, 7), reversed(skips[:5])):
             u = getattr(self, f"up{i}")(torch.cat([skip, u], dim=1))

@@ -210,7 +210,7 @@ class Encoder:
         # A feeder thread writes to ffmpeg's stdin, so that encoding runs while the caller
         # computes the next block (a pipe holds only ~0.2 s of audio: writing directly would
         # make separation wait for the encoder).  The queue is bounded: memory stays bounded.
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=4)
         self._feed_error: BaseException | None = None
         self._feeder = threading.Thread(target=self._feed, name="encoder-feed", daemon=True)
         self._feeder.start()
@@ -223,7 +223,7 @@ class Encoder:
             if self._feed_error is not None:
                 continue  # keep draining so that a producer blocked on put() wakes up
             try:
-                self._proc.stdin.write(data)
+                self._proc.stdin.write(memoryview(data).cast("B"))
             except (BrokenPipeError, OSError, ValueError) as err:
                 self._feed_error = err
 
@@ -240,9 +240,11 @@ class Encoder:
             return
         if self._feed_error is not None:
             self._fail("ffmpeg stopped accepting audio")
-        a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=-1.0)  # a new array: safe to clip in place
-        np.clip(a, -1.0, 1.0, out=a)
-        self._queue.put(np.ascontiguousarray(a, dtype="<f4").tobytes())
+        # a new C-contiguous little-endian buffer that the feeder thread owns: two passes
+        pcm = np.empty(a.shape, dtype="<f4")
+        np.clip(a, -1.0, 1.0, out=pcm)              # +-inf -> +-1 (NaN stays NaN)
+        np.nan_to_num(pcm, copy=False, nan=0.0)     # NaN -> 0
+        self._queue.put(pcm)
         self.frames_written += a.shape[0]
 
     def close(self) -> None:
