@@ -525,10 +525,10 @@ class DemucsModel(LoadedModel):
       ``-j``); each in-flight chunk adds its activations (~0.3-1 GB for htdemucs) to peak
       memory.  Intra-op threads are torch's process-wide setting (``torch.set_num_threads``).
     * ``batch`` (default 1): chunks stacked into one forward pass.  On a GPU this keeps the
-      device busy; on a 2-core CPU, 2 was measured *slower* end to end than 1 for HTDemucs
-      (0.83x vs 1.17x the demucs CLI at 120 s: the larger activations cost more page faults
-      than the bigger matrix products save) and adds ~400 MB of peak memory.  Results equal
-      unbatched ones to float rounding.
+      device busy; on a 2-core CPU it buys nothing for HTDemucs (two windows: 2.76 s batched
+      vs 2.73 s one by one, with the malloc settings of :mod:`.allocator`; without them
+      batching was slower from page faults) and adds ~400 MB of peak memory.  Results equal
+      unbatched ones to float rounding.  Out of memory, a batch is split (see :mod:`.oom`).
     """
 
     def __init__(self, spec: ModelSpec, device: str, bag, *, shifts: int = 0, overlap: float = 0.25,

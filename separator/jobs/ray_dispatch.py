@@ -24,6 +24,9 @@ changes: instead of local worker processes, a pool of Ray actors.
   Actors are created with ``max_restarts=-1`` so Ray brings a lost one back where resources
   allow; it is used again once it answers.  How soon a dead *node* is noticed is Ray's health
   check (about 30 s by default).
+* Progress: an actor keeps the percentage its running job last reported (a threaded actor,
+  ``max_concurrency=2``, so that :meth:`_JobActor.progress` answers while ``run`` works) and the
+  dispatcher asks each busy actor for it about once a second; a failed ask is ignored.
 * The actors belong to the server (not detached): stopping or killing the server ends them.
   Jobs that were running stay ``Running`` in the store and run again on the next start.
 """
@@ -38,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from ..batch.ray_backend import INSTALL_HINT, RayUnavailable, import_ray  # noqa: F401 - one message for both
-from .workers import Dispatcher, Event, Finished, Lost, load_engine, run_safely
+from .workers import (
+    Dispatcher, Event, Finished, Lost, Progress, ProgressReporter, load_engine, run_safely,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,7 @@ class _JobActor:
         self.engine_options = engine_options
         self.threads = threads
         self._threads_set = False
+        self._progress: tuple[str, int, int] | None = None   # (job_id, attempt, percent)
 
     def ready(self) -> dict[str, Any]:
         import ray
@@ -75,7 +81,24 @@ class _JobActor:
                 torch.set_num_threads(max(1, int(self.threads)))
             except Exception:  # noqa: BLE001
                 pass
-        return run_safely(payload, self.engine, self.storage, self.device, self.engine_options)
+        job_id, attempt = payload["job_id"], payload["attempt"]
+        self._progress = (job_id, attempt, 0)
+
+        def keep(pct: int) -> None:
+            self._progress = (job_id, attempt, pct)
+
+        # no time throttle here: keeping the value is free; the dispatcher asks once a second
+        reporter = ProgressReporter(keep, interval=0.0, job_id=job_id)
+        try:
+            return run_safely(payload, self.engine, self.storage, self.device, self.engine_options,
+                              reporter)
+        finally:
+            reporter.close()
+            self._progress = None
+
+    def progress(self) -> tuple[str, int, int] | None:
+        """The running job's latest ``(job_id, attempt, percent)`` (None when idle)."""
+        return self._progress
 
 
 class RayActors(Dispatcher):
@@ -105,6 +128,10 @@ class RayActors(Dispatcher):
         self._probes: dict[Any, str] = {}       # ready() ref -> slot
         self._inflight: dict[Any, tuple[str, str, int]] = {}   # run() ref -> (slot, job_id, attempt)
         self._retry_at: dict[str, float] = {}   # slot -> when to create it again
+        self._asks: dict[Any, str] = {}          # progress() ref -> slot
+        self._asked_at: dict[str, float] = {}    # slot -> when its progress was last asked for
+        self._reported: dict[str, tuple[str, int, int]] = {}   # slot -> last progress passed on
+        self.progress_interval = 1.0
 
     def describe(self) -> str:
         return self._desc
@@ -137,7 +164,8 @@ class RayActors(Dispatcher):
         nodes = len([x for x in ray.nodes() if x.get("Alive")])
         self._desc = (f"{n} Ray actor(s) ({'1 GPU' if use_gpu else f'{self.cpus_per_worker:g} CPU'} each) "
                       f"on a {nodes}-node cluster at {self.address}")
-        self._actor_cls = ray.remote(max_restarts=-1, max_task_retries=0, **opts)(_JobActor)
+        self._actor_cls = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=2,
+                                     **opts)(_JobActor)
         for i in range(n):
             self._create(f"r{i}")
 
@@ -161,6 +189,7 @@ class RayActors(Dispatcher):
         self._actors.clear()
         self._probes.clear()
         self._inflight.clear()
+        self._asks.clear()
         if self._owned:
             try:
                 ray.shutdown()
@@ -191,7 +220,8 @@ class RayActors(Dispatcher):
         deadline = time.monotonic() + timeout
         events: list[Event] = []
         while True:
-            refs = list(self._inflight) + list(self._probes)
+            self._ask_progress()
+            refs = list(self._inflight) + list(self._probes) + list(self._asks)
             remaining = max(0.0, deadline - time.monotonic())
             if not refs:
                 if self._retry_at:
@@ -204,6 +234,10 @@ class RayActors(Dispatcher):
                 changed = True
                 if ref in self._probes:
                     self._on_probe(self._probes.pop(ref), ref)
+                elif ref in self._asks:
+                    ev = self._on_progress(self._asks.pop(ref), ref)
+                    if ev is not None:
+                        events.append(ev)
                 else:
                     ev = self._on_done(ref)
                     if ev is not None:
@@ -212,6 +246,36 @@ class RayActors(Dispatcher):
                 return events
 
     # -- internals ------------------------------------------------------------------------
+    def _ask_progress(self) -> None:
+        """Ask each busy actor (with no question pending) for its job's progress, about once
+        per ``progress_interval``."""
+        now = time.monotonic()
+        pending = set(self._asks.values())
+        for slot, _job_id, _attempt in list(self._inflight.values()):
+            last = self._asked_at.get(slot, float("-inf"))
+            if slot in pending or now - last < self.progress_interval:
+                continue
+            try:
+                self._asks[self._actors[slot].progress.remote()] = slot
+            except Exception:  # noqa: BLE001 - progress is best effort
+                pass
+            self._asked_at[slot] = now
+
+    def _on_progress(self, slot: str, ref: Any) -> Event | None:
+        try:
+            got = self.ray.get(ref)
+        except Exception:  # noqa: BLE001 - a lost actor is reported by its run() task
+            return None
+        if not got:
+            return None
+        job_id, attempt, pct = got
+        current = {(s, j, a) for s, j, a in self._inflight.values()}
+        stale = (slot, job_id, attempt) not in current
+        if pct <= 0 or stale or self._reported.get(slot) == (job_id, attempt, pct):
+            return None
+        self._reported[slot] = (job_id, attempt, pct)
+        return Progress(slot, job_id, attempt, int(pct))
+
     def _on_probe(self, slot: str, ref: Any) -> None:
         from ray.exceptions import RayError
 

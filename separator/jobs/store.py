@@ -11,6 +11,11 @@ twice:
   (the server stopped while it ran: it runs again from the start);
 * ``Submitted → Cancel``    :meth:`JobStore.cancel`.
 
+``progress`` (0–100) is the percentage a Running job last reported (:meth:`JobStore.set_progress`,
+one cheap UPDATE per throttled worker message); :attr:`JobRow.reported_progress` is what
+``JobsDetail.Progress`` shows.  A database made before the column existed gets it on open
+(``ALTER TABLE``; old rows read 0).
+
 Times are stored as UNIX seconds (float); the request is stored as the JSON of the parsed
 :class:`~separator.request.JobRequest` and the result (MediaResult, MediaInfo, …) as JSON.
 """
@@ -50,7 +55,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts     INTEGER NOT NULL DEFAULT 0,
     crashes      INTEGER NOT NULL DEFAULT 0,
     worker       TEXT,
-    meta         TEXT NOT NULL DEFAULT '{}'
+    meta         TEXT NOT NULL DEFAULT '{}',
+    progress     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_pick ON jobs(state, level DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_bucket ON jobs(bucket, seq);
@@ -116,6 +122,20 @@ class JobRow:
     crashes: int
     worker: str | None
     meta: str = "{}"
+    progress: int = 0
+
+    @property
+    def reported_progress(self) -> int:
+        """``JobsDetail.Progress``: 0 while waiting, the last reported percentage while Running
+        (never 100 before the job succeeded), 100 once Success, the last known value otherwise."""
+        stored = max(0, min(100, int(self.progress or 0)))
+        if self.state == "Success":
+            return 100
+        if self.state == "Submitted":
+            return 0
+        if self.state in ("Running", "Pause"):
+            return min(stored, 99)
+        return stored  # Failed, Cancel
 
     @property
     def meta_dict(self) -> dict[str, Any]:
@@ -184,6 +204,7 @@ class JobStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._db().executescript(SCHEMA)
+        self._migrate()
 
     # -- plumbing ------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
@@ -196,6 +217,17 @@ class JobStore:
             db.execute("PRAGMA busy_timeout=30000")
             self._local.db = db
         return db
+
+    def _migrate(self) -> None:
+        """Bring a database made by an older version up to :data:`SCHEMA` (columns added since)."""
+        db = self._db()
+        have = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
+        if "progress" not in have:
+            try:
+                db.execute("ALTER TABLE jobs ADD COLUMN progress INTEGER NOT NULL DEFAULT 0")
+            except sqlite3.OperationalError as err:  # another process added it meanwhile
+                if "duplicate column" not in str(err):
+                    raise
 
     class _Tx:
         def __init__(self, db: sqlite3.Connection):
@@ -309,8 +341,8 @@ class JobStore:
             ).fetchone()
             if r is None:
                 return None
-            db.execute("UPDATE jobs SET state='Running', started=?, attempts=attempts+1, worker=? "
-                       "WHERE job_id=? AND state='Submitted'", (time.time(), worker, r["job_id"]))
+            db.execute("UPDATE jobs SET state='Running', started=?, attempts=attempts+1, worker=?, "
+                       "progress=0 WHERE job_id=? AND state='Submitted'", (time.time(), worker, r["job_id"]))
         return self.job(r["job_id"])
 
     def finish(self, job_id: str, *, attempt: int, state: str, code: str, message: str,
@@ -321,10 +353,20 @@ class JobStore:
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE jobs SET state=?, code=?, message=?, result=?, started=COALESCE(?, started), "
-                "ended=?, worker=NULL WHERE job_id=? AND state='Running' AND attempts=?",
+                "ended=?, worker=NULL, progress=CASE WHEN ?='Success' THEN 100 ELSE progress END "
+                "WHERE job_id=? AND state='Running' AND attempts=?",
                 (state, code, message, json.dumps(result) if result is not None else None, started,
-                 ended or time.time(), job_id, attempt))
+                 ended or time.time(), state, job_id, attempt))
             return cur.rowcount == 1
+
+    def set_progress(self, job_id: str, *, attempt: int, progress: int) -> bool:
+        """Record the percentage a Running job reported (clamped to 0–99: 100 means it
+        succeeded, which only :meth:`finish` says).  One UPDATE, no explicit transaction; a
+        report for another attempt or a job no longer Running changes nothing (False)."""
+        pct = max(0, min(99, int(progress)))
+        cur = self._db().execute("UPDATE jobs SET progress=? WHERE job_id=? AND state='Running' "
+                                 "AND attempts=?", (pct, job_id, int(attempt)))
+        return cur.rowcount == 1
 
     def requeue(self, job_id: str, *, attempt: int, crashed: bool, max_attempts: int,
                 message: str = "") -> str | None:
@@ -342,15 +384,16 @@ class JobStore:
                            (message or f"the worker running this job died {crashes} times",
                             crashes, time.time(), job_id))
                 return "Failed"
-            db.execute("UPDATE jobs SET state='Submitted', started=NULL, crashes=?, worker=NULL "
-                       "WHERE job_id=?", (crashes, job_id))
+            db.execute("UPDATE jobs SET state='Submitted', started=NULL, crashes=?, worker=NULL, "
+                       "progress=0 WHERE job_id=?", (crashes, job_id))
             return "Submitted"
 
     def recover(self) -> list[str]:
         """At start: jobs left Running by a stopped server run again from the start."""
         with self._tx() as db:
             ids = [r["job_id"] for r in db.execute("SELECT job_id FROM jobs WHERE state='Running'")]
-            db.execute("UPDATE jobs SET state='Submitted', started=NULL, worker=NULL WHERE state='Running'")
+            db.execute("UPDATE jobs SET state='Submitted', started=NULL, worker=NULL, progress=0 "
+                       "WHERE state='Running'")
         return ids
 
     def cancel(self, bucket: str, job_id: str) -> JobRow:

@@ -14,6 +14,12 @@
   ``Submitted`` and runs again, and after ``max_attempts`` crashes it ends ``Failed``
   (``InternalError``).  The worker is respawned and
   the service keeps going.
+* While a job runs, its worker reports progress: the engine's ``(frames_done, frames_total)``
+  callback goes through a :class:`ProgressReporter` (at most about once a second, and only when
+  the whole percentage changed) to the scheduler over the same pipe as results (a Ray actor keeps
+  the latest value and the dispatcher asks for it about once a second), and the scheduler stores
+  it (:meth:`JobStore.set_progress`).  Reporting never fails or slows a job: errors are logged
+  once and swallowed.
 * Stopping the pool leaves running jobs ``Running`` in the store; the next start's
   :meth:`JobStore.recover` runs them again from the start (outputs are written atomically, so
   a half-run job leaves nothing behind).
@@ -23,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import inspect
 import json
 import logging
 import multiprocessing as mp
@@ -90,8 +97,61 @@ def record_result(record: Any) -> dict[str, Any]:
     }
 
 
+class ProgressReporter:
+    """The engine's ``progress(frames_done, frames_total)`` callback for one job, throttled.
+
+    ``send(percent)`` is called only when the whole percentage (0–99; 100 is reserved for a
+    finished job) differs from the last one sent, and at most once per ``interval`` seconds
+    (the first change is sent at once).  ``send`` may raise: the error is logged once and
+    reporting stops for this job, which carries on untouched.
+    """
+
+    def __init__(self, send: Callable[[int], None], *, interval: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic, job_id: str = ""):
+        self.send = send
+        self.interval = float(interval)
+        self.clock = clock
+        self.job_id = job_id
+        self.last = 0              # a job starts at 0 (the store sets it when it is claimed)
+        self.last_at: float | None = None
+        self.broken = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.broken:
+            return
+        try:
+            if total <= 0:
+                return
+            pct = max(0, min(99, int(done * 100 // total)))
+            if pct == self.last:
+                return
+            now = self.clock()
+            if self.last_at is not None and now - self.last_at < self.interval:
+                return
+            self.last, self.last_at = pct, now
+            self.send(pct)
+        except Exception as err:  # never let progress reporting break or slow the job
+            self.broken = True
+            log.warning("job %s: progress reporting stopped (%s: %s)", self.job_id,
+                        type(err).__name__, err)
+
+    def close(self) -> None:
+        """Report nothing more (the job's result is on its way)."""
+        self.broken = True
+
+
+def _accepts_progress(engine: Callable[..., Any]) -> bool:
+    """Whether ``engine`` takes a ``progress`` keyword (a custom engine may not)."""
+    try:
+        params = inspect.signature(engine).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "progress" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 def run_payload(payload: dict[str, Any], engine: Callable[..., Any], storage: Any,
-                device: str | None, engine_options: dict[str, Any]) -> dict[str, Any]:
+                device: str | None, engine_options: dict[str, Any],
+                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     from ..request.model import JobRequest, VoiceSeparateParams
 
     req = JobRequest.model_validate_json(payload["request"])
@@ -102,6 +162,8 @@ def run_payload(payload: dict[str, Any], engine: Callable[..., Any], storage: An
     kwargs: dict[str, Any] = {}
     if engine_options:
         kwargs["model_options"] = engine_options
+    if progress is not None and _accepts_progress(engine):
+        kwargs["progress"] = progress
     record = engine(req, storage, bucket=payload["bucket"], region=payload["region"],
                     job_id=payload["job_id"], queue_id=payload["queue_id"],
                     created=datetime.fromtimestamp(payload["created"], timezone.utc),
@@ -110,10 +172,11 @@ def run_payload(payload: dict[str, Any], engine: Callable[..., Any], storage: An
 
 
 def run_safely(payload: dict[str, Any], engine: Callable[..., Any], storage: Any,
-               device: str | None, engine_options: dict[str, Any]) -> dict[str, Any]:
+               device: str | None, engine_options: dict[str, Any],
+               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """:func:`run_payload`, with an engine exception turned into a Failed result."""
     try:
-        return run_payload(payload, engine, storage, device, engine_options)
+        return run_payload(payload, engine, storage, device, engine_options, progress)
     except Exception as err:  # the engine should never raise; if it does, the job fails
         log.error("job %s: engine raised\n%s", payload.get("job_id"), traceback.format_exc())
         return {"state": "Failed", "code": "InternalError",
@@ -132,6 +195,7 @@ def worker_main(conn: Connection, storage_root: str, engine_spec: str, device: s
 
     storage = LocalStorage(storage_root)
     engine = load_engine(engine_spec)
+    send_lock = threading.Lock()   # the engine may call progress from another thread
     while True:
         try:
             payload = conn.recv()
@@ -139,9 +203,18 @@ def worker_main(conn: Connection, storage_root: str, engine_spec: str, device: s
             return
         if payload is None:
             return
-        result = run_safely(payload, engine, storage, device, engine_options)
+        job_id, attempt = payload["job_id"], payload["attempt"]
+
+        def send_progress(pct: int, job_id: str = job_id, attempt: int = attempt) -> None:
+            with send_lock:
+                conn.send(("progress", job_id, attempt, pct))
+
+        reporter = ProgressReporter(send_progress, job_id=job_id)
+        result = run_safely(payload, engine, storage, device, engine_options, reporter)
+        reporter.close()  # nothing more after the result
         try:
-            conn.send((payload["job_id"], payload["attempt"], result))
+            with send_lock:
+                conn.send((job_id, attempt, result))
         except (BrokenPipeError, OSError):
             return
 
@@ -167,7 +240,16 @@ class Lost:
     reason: str
 
 
-Event = Finished | Lost
+@dataclass
+class Progress:
+    """The job on ``slot`` (that attempt) reported ``percent`` done (0–99)."""
+    slot: str
+    job_id: str
+    attempt: int
+    percent: int
+
+
+Event = Finished | Lost | Progress
 
 
 class Dispatcher:
@@ -178,7 +260,8 @@ class Dispatcher:
     * :meth:`idle` – slots ready for a job now (may (re)start workers first);
     * :meth:`start` – run ``payload`` on an idle slot;
     * :meth:`poll` – wait up to ``timeout`` s (returning early when ``wake_fd`` is readable or a
-      slot became ready) and return :class:`Finished` / :class:`Lost` events.
+      slot became ready) and return :class:`Finished` / :class:`Lost` events, and
+      :class:`Progress` of running jobs (optional: a dispatcher may report none).
 
     Jobs are handed out only to idle slots, so a job waits in the store (where it can be
     cancelled and reordered) until a worker is free to run it.
@@ -312,7 +395,13 @@ class LocalProcesses(Dispatcher):
             if w.conn in ready:
                 try:
                     while w.conn.poll():
-                        job_id, attempt, result = w.conn.recv()
+                        msg = w.conn.recv()
+                        if len(msg) == 4 and msg[0] == "progress":
+                            _, job_id, attempt, pct = msg
+                            if w.busy == (job_id, attempt):
+                                events.append(Progress(w.name, job_id, attempt, int(pct)))
+                            continue
+                        job_id, attempt, result = msg
                         w.busy = None
                         events.append(Finished(w.name, job_id, attempt, result))
                 except (EOFError, OSError):
@@ -435,13 +524,23 @@ class WorkerPool:
                     while os.read(self._wake_r, 4096):
                         pass
                 for ev in events:
-                    if isinstance(ev, Finished):
+                    if isinstance(ev, Progress):
+                        self._on_progress(ev)
+                    elif isinstance(ev, Finished):
                         self._on_result(ev)
                     else:
                         self._on_lost(ev)
             except Exception:  # never let the scheduler die
                 log.error("scheduler error\n%s", traceback.format_exc())
                 time.sleep(0.5)
+
+    def _on_progress(self, ev: Progress) -> None:
+        if self._busy.get(ev.slot) != (ev.job_id, ev.attempt):
+            return
+        try:  # a failed progress write must not cost the events behind it
+            self.store.set_progress(ev.job_id, attempt=ev.attempt, progress=ev.percent)
+        except Exception as err:
+            log.warning("job %s: could not store progress %s%% (%s)", ev.job_id, ev.percent, err)
 
     def _on_result(self, ev: Finished) -> None:
         job_id, attempt, result = ev.job_id, ev.attempt, ev.result
@@ -482,11 +581,13 @@ class WorkerPool:
 def fake_engine(req: Any, storage: Any, *, bucket: str, region: str, job_id: str, queue_id: str,
                 created: datetime, template: Any = None, model: str | None = None,
                 device: str | None = None, model_options: dict[str, Any] | None = None,
-                **_: Any) -> Any:
+                progress: Callable[[int, int], None] | None = None, **_: Any) -> Any:
     """A stand-in for ``run_job`` that separates nothing: it sleeps ``delay`` seconds, appends
     ``<job_id> <pid>`` to ``run_log`` (to check no job runs twice) and writes the input's bytes to
     each output key, so a job succeeds in milliseconds.  Selected with
-    ``engine = "separator.jobs.workers:fake_engine"`` and ``[engine_options] delay/run_log``.
+    ``engine = "separator.jobs.workers:fake_engine"`` and ``[engine_options] delay/run_log``;
+    with ``progress_steps = N`` the delay is slept in N equal steps, calling
+    ``progress(i, N)`` after each (as the real engine reports frames done).
     Tests use it for the 100-job burst and the crash drills; the end-to-end test uses the real engine.
     """
     from ..request import resolve_outputs
@@ -499,7 +600,14 @@ def fake_engine(req: Any, storage: Any, *, bucket: str, region: str, job_id: str
     if opts.get("run_log"):
         with open(opts["run_log"], "a") as fh:
             fh.write(f"{job_id} {os.getpid()}\n")
-    time.sleep(float(opts.get("delay", 0.0)))
+    delay, steps = float(opts.get("delay", 0.0)), int(opts.get("progress_steps", 0) or 0)
+    if steps > 0:
+        for i in range(1, steps + 1):
+            time.sleep(delay / steps)
+            if progress is not None:
+                progress(i, steps)
+    else:
+        time.sleep(delay)
     params = template.params if template is not None else req.params
     written = []
     data = storage.require(bucket, req.input_object).read_bytes()

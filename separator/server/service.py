@@ -14,6 +14,9 @@ Behaviour choices (the spec leaves them open; also listed in the README):
   ``InvalidArgument``).  One queue per bucket, created on first use, Category ``Speeching``.
 * **TemplateId**: unknown → 400 ``InvalidArgument``; the template's AudioMode/AudioConfig win
   over inline ones, and the job keeps a snapshot of the template taken at submission.
+* **Progress**: ``JobsDetail.Progress`` is 0 while the job waits, the engine's percentage while
+  it runs (workers report it about once a second; at most 99), 100 once it succeeded, and the
+  last reported value for a failed or cancelled job.  It also appears in the callback body.
 * A job whose worker process dies is run again; after ``max_attempts`` (2) crashes it is
   ``Failed`` with ``InternalError``.  With ``--ray-address`` the same holds for a lost Ray actor
   or node, and cancel behaves the same (a waiting job is never sent to Ray; a running one cannot
@@ -115,7 +118,8 @@ class JobService:
                         creation_time=_dt(row.created), start_time=_dt(row.started),
                         end_time=_dt(row.ended), queue_id=row.queue_id, input_region=row.region,
                         input_bucket=row.bucket, input_object=row.input_object or "", request=req,
-                        template_id=t.get("template_id"), template_name=t.get("name"))
+                        template_id=t.get("template_id"), template_name=t.get("name"),
+                        progress=row.reported_progress)
         if row.state in ("Success", "Failed") and res:
             if res.get("media_result"):
                 rec.media_result = [tuple(x) for x in res["media_result"]]  # type: ignore[misc]
