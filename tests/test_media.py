@@ -452,6 +452,29 @@ def test_streamed_encode_matches_one_shot_and_is_deterministic(noise_music, tmp_
         assert hashlib.md5(a.read_bytes()).digest() == hashlib.md5(b.read_bytes()).digest(), codec
 
 
+def test_large_blocks_wait_for_the_encoder_in_bounded_pieces(noise_music, tmp_path, monkeypatch):
+    """A block of any size is queued in pieces of at most PIECE_FRAMES: what waits for a slow
+    encoder is bounded, and the file is the same as with small writes."""
+    x, sr = noise_music
+    monkeypatch.setattr(Encoder, "PIECE_FRAMES", 10000)
+    s = resolve_encoding("flac", 44100, None, 2, source=fake_source())
+    sizes: list[int] = []
+    with Encoder(tmp_path / "big.flac", s, sr, 2) as enc:
+        put = enc._queue.put
+
+        def spy(item, *a, **kw):
+            sizes.append(0 if item is None else len(item))
+            put(item, *a, **kw)
+
+        monkeypatch.setattr(enc._queue, "put", spy)
+        enc.write(np.concatenate([x] * 3))             # 18 s in one block
+        assert enc._queue.maxsize == Encoder.QUEUE_PIECES
+    real = [n for n in sizes if n]
+    assert max(real) == 10000 and sum(real) == 3 * len(x) and len(real) == -(-3 * len(x) // 10000)
+    y = load_audio(tmp_path / "big.flac", sr, 2)
+    np.testing.assert_allclose(y, np.clip(np.concatenate([x] * 3), -1, 1), atol=1.0 / 32768 + 1e-6)
+
+
 def test_encoder_resamples_and_mixes(synth, tmp_path):
     x = load_audio(synth("stereo_wav"), 22050, 2)
     s = resolve_encoding("flac", 48000, None, 1, source=fake_source())

@@ -138,8 +138,11 @@ def separate_file(
         for block in loaded.separate_stream(decoded, progress=on_progress):
             frames = len(next(iter(block.values())))
             mix = mixture.take(frames) if mixture is not None else None
-            for role, audio in combine(block, roles, mode, mix).items():
-                encoders[role].write(audio)
+            outs = combine(block, roles, mode, mix)
+            # piece by piece, in turn: every encoder gets work while the others' queues are full
+            for start in range(0, frames, Encoder.PIECE_FRAMES):
+                for role, audio in outs.items():
+                    encoders[role].write(audio[start:start + Encoder.PIECE_FRAMES])
         # Close (and check) every encoder *inside* the stack, so that one failing encoder
         # removes all temporaries before any of them is renamed into place.
         for enc in encoders.values():

@@ -185,6 +185,9 @@ class Encoder:
     output deleted.  Only ``out_path`` is written (the caller renames it into place).
     """
 
+    PIECE_FRAMES = 1 << 16   # 1.5 s at 44.1 kHz
+    QUEUE_PIECES = 4         # at most ~6 s (2 MiB of stereo float32) waiting per encoder
+
     def __init__(self, out_path: str | os.PathLike, settings: EncodeSettings,
                  in_samplerate: int, in_channels: int):
         if in_samplerate <= 0 or in_channels <= 0:
@@ -209,8 +212,10 @@ class Encoder:
         self._drain = _StderrDrain(self._proc.stderr)
         # A feeder thread writes to ffmpeg's stdin, so that encoding runs while the caller
         # computes the next block (a pipe holds only ~0.2 s of audio: writing directly would
-        # make separation wait for the encoder).  The queue is bounded: memory stays bounded.
-        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=4)
+        # make separation wait for the encoder).  Blocks are queued in pieces of at most
+        # PIECE_FRAMES and the queue holds QUEUE_PIECES of them: what waits for a slow encoder
+        # is a few seconds of audio, whatever size of block the caller writes.
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=self.QUEUE_PIECES)
         self._feed_error: BaseException | None = None
         self._feeder = threading.Thread(target=self._feed, name="encoder-feed", daemon=True)
         self._feeder.start()
@@ -240,11 +245,15 @@ class Encoder:
             return
         if self._feed_error is not None:
             self._fail("ffmpeg stopped accepting audio")
-        # a new C-contiguous little-endian buffer that the feeder thread owns: two passes
-        pcm = np.empty(a.shape, dtype="<f4")
-        np.clip(a, -1.0, 1.0, out=pcm)              # +-inf -> +-1 (NaN stays NaN)
-        np.nan_to_num(pcm, copy=False, nan=0.0)     # NaN -> 0
-        self._queue.put(pcm)
+        for start in range(0, a.shape[0], self.PIECE_FRAMES):
+            piece = a[start:start + self.PIECE_FRAMES]
+            # a new C-contiguous little-endian buffer that the feeder thread owns: two passes
+            pcm = np.empty(piece.shape, dtype="<f4")
+            np.clip(piece, -1.0, 1.0, out=pcm)          # +-inf -> +-1 (NaN stays NaN)
+            np.nan_to_num(pcm, copy=False, nan=0.0)     # NaN -> 0
+            self._queue.put(pcm)
+            if self._feed_error is not None:
+                self._fail("ffmpeg stopped accepting audio")
         self.frames_written += a.shape[0]
 
     def close(self) -> None:
