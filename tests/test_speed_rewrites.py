@@ -23,6 +23,8 @@ import demucs_fixtures as fx  # noqa: E402
 
 from separator.core import demucs_speed  # noqa: E402
 from separator.core.demucs_speed import PolyphaseConvTranspose, optimize  # noqa: E402
+from separator.core import packed_conv  # noqa: E402
+from separator.core.packed_conv import PackedConv2d  # noqa: E402
 from separator.core.spleeter import CroppedConvTranspose2d, SpleeterUNet, expected_shapes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +114,48 @@ def test_unet_in_bf16_matches_fp32_closely():
         half = copy.deepcopy(net).to(torch.bfloat16).to(memory_format=torch.channels_last)
         got = half(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).float()
     assert rel_err(got, ref) < 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kw", [dict(kernel_size=5, stride=2), dict(kernel_size=3, padding=1),
+                                dict(kernel_size=4, dilation=2, padding=3)])
+def test_packed_conv_equals_conv2d(dtype, kw):
+    if not packed_conv.available():
+        pytest.skip("this torch build has no pre-packed oneDNN convolution")
+    torch.manual_seed(3)
+    conv = PackedConv2d(8, 12, **kw).to(dtype).requires_grad_(False)
+    calls = []
+    real = torch.ops.mkldnn._convolution_pointwise
+    with torch.inference_mode():
+        for shape in [(2, 8, 33, 47), (1, 8, 33, 47), (3, 8, 10, 9)]:    # packed for the first shape
+            x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
+            want = torch.nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+            got = conv(x)
+            assert got.shape == want.shape
+            assert rel_err(got.float(), want.float()) < (1e-6 if dtype == torch.float32 else 1e-2)
+        calls.append(conv._packed._key)
+        conv.weight.mul_(-2.0)                                             # in place, as load_state_dict
+        want = torch.nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+        assert rel_err(conv(x).float(), want.float()) < (1e-6 if dtype == torch.float32 else 1e-2)
+        assert conv._packed._key != calls[0]                               # re-packed
+    assert real is torch.ops.mkldnn._convolution_pointwise
+
+
+def test_packed_conv_is_a_plain_conv_where_it_cannot_pack(monkeypatch):
+    conv = PackedConv2d(4, 6, kernel_size=3, padding=1)
+    used = []
+    monkeypatch.setattr(packed_conv, "packed_conv2d", packed_conv.packed_conv2d)
+    x = torch.randn(1, 4, 9, 11, requires_grad=True)
+    y = conv(x)                                    # autograd needed: plain conv, gradients flow
+    y.sum().backward()
+    assert x.grad is not None and conv._packed._key is None
+    with torch.no_grad():
+        conv(torch.randn(1, 4, 9, 11))            # NCHW input: plain conv, nothing packed
+        used.append(conv._packed._key)
+    assert used == [None]
+    assert set(conv.state_dict()) == {"weight", "bias"}
+    with pytest.raises(ValueError):
+        PackedConv2d(4, 4, kernel_size=3, groups=2)
 
 
 # --------------------------------------------------------------------------- Demucs

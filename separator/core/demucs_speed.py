@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tensor_cache import source_key
+from .tensor_cache import Derived
 
 
 def _phase_weight(w: torch.Tensor, stride: int) -> torch.Tensor:
@@ -58,27 +58,21 @@ class PolyphaseConvTranspose(nn.Module):
         self.dims = 1 if isinstance(tr, nn.ConvTranspose1d) else 2
         self.weight = tr.weight
         self.bias = tr.bias
-        self._cache: tuple[tuple, torch.Tensor, torch.Tensor | None] | None = None
+        self._derived: Derived[tuple[torch.Tensor, torch.Tensor | None]] = Derived()
 
-    def _weights(self, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         w, b = self.weight, self.bias
-        key = (source_key(w, b), channels_last)
-        if self._cache is None or self._cache[0] != key:
-            pw = _phase_weight(w.detach(), self.stride)
-            if channels_last:
-                pw = pw.contiguous(memory_format=torch.channels_last)
-            pb = None if b is None else b.detach().repeat_interleave(self.stride)
-            self._cache = (key, pw, pb)
-        return self._cache[1], self._cache[2]
+        return self._derived.get((w, b), lambda: (
+            _phase_weight(w.detach(), self.stride),
+            None if b is None else b.detach().repeat_interleave(self.stride)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s, pad = self.stride, self.taps - 1
+        w, b = self._weights()
         if self.dims == 1:
-            w, b = self._weights(False)
             y = F.conv1d(x, w, b, padding=pad)                      # (B, s*C, M)
             B, _, M = y.shape
             return y.view(B, -1, s, M).transpose(2, 3).reshape(B, -1, M * s)
-        w, b = self._weights(x.is_contiguous(memory_format=torch.channels_last))
         y = F.conv2d(x, w, b, padding=(pad, 0))                     # (B, s*C, M, W)
         B, _, M, W = y.shape
         return y.view(B, -1, s, M, W).transpose(2, 3).reshape(B, -1, M * s, W)

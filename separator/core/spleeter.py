@@ -41,7 +41,8 @@ from torch import nn
 
 from .base import ChunkedModel, ModelSpec
 from .chunked import ChunkPlan
-from .tensor_cache import source_key
+from .packed_conv import PackedConv2d, packed_conv2d
+from .tensor_cache import Derived
 from .oom import OomFallback, module_copy
 from .weights import load_spleeter_2stems
 from .wiener import wiener_cf
@@ -77,26 +78,25 @@ class CroppedConvTranspose2d(nn.ConvTranspose2d):
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(cin, cout, kernel_size=5, stride=2)
-        self._poly: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._poly: Derived[tuple[torch.Tensor, torch.Tensor]] = Derived()
+        self._packed: Derived = Derived()
 
     def _polyphase(self, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self.weight
-        key = (source_key(w, self.bias), channels_last)
-        if self._poly is None or self._poly[0] != key:
-            k = polyphase_weight(w.detach())
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
+            k = polyphase_weight(self.weight.detach())
             if channels_last:
                 k = k.contiguous(memory_format=torch.channels_last)
-            self._poly = (key, k, self.bias.detach().repeat_interleave(4))
-        return self._poly[1], self._poly[2]
+            return k, self.bias.detach().repeat_interleave(4)
+        return self._poly.get((self.weight, self.bias), build, extra=channels_last)
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
         k, b = self._polyphase(x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4)
-        return F.pixel_shuffle(F.conv2d(x, k, b, padding=1), 2)
+        return F.pixel_shuffle(packed_conv2d(x, k, b, 1, 1, 1, self._packed), 2)
 
 
 def _down(cin: int, cout: int) -> tuple[nn.Sequential, nn.Sequential]:
     # TF 'same' padding for a 5x5 stride-2 conv on even sizes: 1 before, 2 after
-    conv = nn.Sequential(nn.ZeroPad2d((1, 2, 1, 2)), nn.Conv2d(cin, cout, kernel_size=5, stride=2))
+    conv = nn.Sequential(nn.ZeroPad2d((1, 2, 1, 2)), PackedConv2d(cin, cout, kernel_size=5, stride=2))
     act = nn.Sequential(nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01), nn.LeakyReLU(0.2))
     return conv, act
 
@@ -143,7 +143,7 @@ class SpleeterUNet(nn.Module):
         self.up4 = _up(128, 32)
         self.up5 = _up(64, 16)
         self.up6 = _up(32, 1)
-        self.up7 = nn.Sequential(nn.Conv2d(1, in_channels, kernel_size=4, dilation=2, padding=3), nn.Sigmoid())
+        self.up7 = nn.Sequential(PackedConv2d(1, in_channels, kernel_size=4, dilation=2, padding=3), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Encoder: conv (TF 'same' padding) -> skip; BatchNorm -> LeakyReLU -> the next conv's
