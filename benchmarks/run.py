@@ -385,8 +385,8 @@ def section_demucs(args, res: dict, budget: Budget) -> None:
         "input": "Cristina Vane - So Easy mix.mp3 looped, as 16-bit WAV",
         "demucs_cli": f"python -m demucs.separate --repo {repo} -n bench_htdemucs --shifts 0 --overlap "
                       f"{args.demucs_overlap} --float32 --clip-mode none -d cpu -o OUT IN.wav",
-        "ours": "separator.jobs.engine.separate_file(IN.wav, MusicMode, codec wav) with model bench_htdemucs, "
-                f"overlap {args.demucs_overlap}, shifts 0",
+        "ours": f"python -m separator separate -q --mode MusicMode --codec wav --model bench_htdemucs "
+                f"--model-dir {model_dir} --shifts 0 --overlap {args.demucs_overlap} -o OUT IN.wav",
         "format_note": "demucs writes 32-bit float WAV (--float32, so its stems are exact for the SDR check); "
                        "ours writes 16-bit PCM WAV (our wav codec); both are trivial to write. Our MusicMode "
                        "background is the residual input - vocals - bass - drums; its SDR is taken against the "
@@ -409,14 +409,13 @@ def section_demucs(args, res: dict, budget: Budget) -> None:
             cmd = [PY, "-m", "demucs.separate", "--repo", str(repo), "-n", "bench_htdemucs", "--shifts", "0",
                    "--overlap", str(args.demucs_overlap), "--float32", "--clip-mode", "none", "-d", "cpu",
                    "-o", str(od), str(inp)]
-        else:
-            a = {"input": str(inp), "outdir": str(od), "model": "bench_htdemucs", "mode": "MusicMode",
-                 "codec": "wav", "ext": "wav", "roles": ["vocals", "background", "bass", "drums"],
-                 "options": {"overlap": args.demucs_overlap, "shifts": 0, "model_dir": str(model_dir)}}
-            cmd = [PY, str(BENCH / "children.py"), "ours_file", json.dumps(a)]
+        else:   # our command line, as a user runs it (it writes OUT/<input name>/<role>.wav)
+            cmd = [PY, "-m", "separator", "separate", "-q", "--mode", "MusicMode", "--codec", "wav",
+                   "--model", "bench_htdemucs", "--model-dir", str(model_dir), "--shifts", "0",
+                   "--overlap", str(args.demucs_overlap), "-o", str(od), str(inp)]
         log(f"demucs {tool} {secs:.0f} s (predicted {pred:.0f} s, budget left {budget.left():.0f} s)")
         rec = measure(cmd, timeout=max(600, pred * 4), env=env, label=f"{tool}_{int(secs)}s")
-        rec.update({"tool": tool, "audio_s": secs, "outdir": str(od)})
+        rec.update({"tool": tool, "audio_s": secs, "outdir": str(od if tool == "demucs_cli" else od / inp.stem)})
         if rec["rc"] == 0:
             rec["xrt"] = xrt(secs, rec["wall_s"])
             speed[tool] = secs / rec["wall_s"]          # conservative: start-up counted as work
