@@ -316,8 +316,9 @@ def _quality(res: dict) -> list[str]:
         notes.append("No Wiener-filter option exists in the core yet (`Spleeter2Stems` has no `wiener`/`mwf` "
                      "parameter), so it is not measured; the reference figure for Spleeter's own MWF is the "
                      "'TF Spleeter + MWF' row (+0.09 / +0.26 dB over TF without it, at 2.2× the time).")
-    notes.append("The default chunks are 23.7 s with a 2.4 s cross-fade, so the 30 s dev items have one chunk seam; "
-                 "the `chunk12s-*` variants force more seams (11.8 s chunks) to show what overlap buys there.")
+    notes.append("Chunks are cut on the STFT frame grid (no cross-fade): the default 23.8 s chunks and the "
+                 "`chunk12s` variant's 11.9 s chunks must give the default's scores; only `wiener` depends "
+                 "a little on the chunk (its spatial covariances are estimated per chunk).")
     notes.append("Per-item differences below ~1 dB are within the model's own shift variance (reference doc §2).")
     L += [f"- {n}" for n in notes] + [""]
     return L

@@ -308,15 +308,11 @@ def quality_variants(quick: bool, extra: bool = False) -> list[tuple[str, dict, 
             v.append(("wiener", {key: True}, "multichannel Wiener filter post-processing"))
             break
     if not quick:
-        # overlap = fraction of the chunk (registry option); 1 segment per chunk = 520192 samples
-        v += [("chunk12s-overlap0", {"segments_per_chunk": 1, "overlap": 0.0},
-               "11.8 s chunks, no overlap (forces chunk seams into every item)"),
-              ("chunk12s-overlap2.4s", {"segments_per_chunk": 1, "overlap": round(26 * 4096 / 520192, 4)},
-               "11.8 s chunks, the default 2.4 s cross-fade")]
+        v += [("chunk12s", {"segments_per_chunk": 1},
+               "11.9 s chunks (1 U-Net segment each): chunk seams in every item; chunks are cut on the "
+               "STFT frame grid, so the scores must equal the default's")]
     if extra:
-        v += [("chunk12s-overlap25pct", {"segments_per_chunk": 1, "overlap": 0.25},
-               "11.8 s chunks, 25 % (2.9 s) cross-fade"),
-              ("average-extension", {"mask_extension": "average"},
+        v += [("average-extension", {"mask_extension": "average"},
                "Spleeter's alternative 'average' mask extension above 11 kHz for vocals")]
     return v
 

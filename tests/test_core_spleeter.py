@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from separator.core import registry, weights
-from separator.core.chunked import ChunkPlan, overlap_add_stream
-from separator.core.spleeter import Spleeter2Stems, StftParams, expected_shapes, tf_istft, tf_stft
+from separator.core.stft_stream import stft_frame_stream
+from separator.core.spleeter import Spleeter2Stems, StftParams, expected_shapes, ola_synthesis, tf_istft, tf_stft
 from separator.errors import CIError, ModelUnavailable
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -106,18 +106,48 @@ def test_missing_package_is_a_clear_error(monkeypatch):
         weights.spleeter_checkpoint_paths()
 
 
-# --------------------------------------------------------------------------- chunker
-def _context_fn(x: torch.Tensor) -> torch.Tensor:
-    """A chunk function whose output depends on the whole chunk (like a network)."""
-    g = x.abs().mean() + 1.0
-    return torch.stack([x / g, x * g, torch.tanh(x)])
+# --------------------------------------------------------------------------- frame-grid streamer
+L_T, H_T, G_T = 16, 4, 8     # a small STFT (frame 16, hop 4) whose "model" works on groups of 8 frames
 
 
-def _run(blocks, plan, fn=_context_fn, channels=2):
-    done = []
-    outs = list(overlap_add_stream(blocks, fn, plan, channels=channels, progress=done.append))
-    out = np.concatenate(outs, axis=1) if outs else np.zeros((3, 0, channels), np.float32)
-    return out, sum(done)
+def _group_op(spec: torch.Tensor) -> torch.Tensor:
+    """A nonlinear, content-dependent operation per group of G_T frames (like the U-Net on its
+    512-frame segments): the frame count must be a multiple of G_T, groups aligned at frame 0."""
+    c, f, k = spec.shape
+    g = spec.reshape(c, f, k // G_T, G_T)
+    gain = torch.tanh(g.abs().mean(dim=(0, 1, 3), keepdim=True) + g.abs().amax(dim=1, keepdim=True))
+    return (g * gain).reshape(c, f, k)
+
+
+def _synth_test(x: torch.Tensor) -> torch.Tensor:
+    win = torch.hann_window(L_T, periodic=True, dtype=torch.float64)
+    spec = torch.stft(x.double(), n_fft=L_T, hop_length=H_T, window=win, center=False, return_complex=True)
+    k = spec.shape[-1]
+    padded = torch.nn.functional.pad(spec, (0, -k % G_T))          # the last group zero-padded
+    spec = _group_op(padded)[..., :k]
+    p = StftParams(frame_length=L_T, frame_step=H_T)
+    outs = [ola_synthesis(spec, win, p), ola_synthesis(spec * 2j, win, p)]
+    return torch.stack(outs).float()
+
+
+def _one_piece(x: np.ndarray) -> np.ndarray:
+    """The reference: the whole signal framed at once (frame k covers [kH - L, kH))."""
+    n = len(x)
+    k = -(-(n + L_T) // H_T)
+    t = torch.from_numpy(np.ascontiguousarray(x.T)).double()
+    t = torch.nn.functional.pad(t, (L_T, (k - 1) * H_T + L_T - (n + L_T)))
+    return _synth_test(t).numpy()[:, :, L_T:L_T + n].transpose(0, 2, 1)
+
+
+def _stream(blocks, chunk_frames, fn=_synth_test, channels=2):
+    done, outs, mixes = [], [], []
+    for out, mix in stft_frame_stream(blocks, fn, frame_length=L_T, hop=H_T, chunk_frames=chunk_frames,
+                                      channels=channels, progress=done.append):
+        outs.append(out.copy())
+        mixes.append(mix.copy())
+    out = np.concatenate(outs, axis=1) if outs else np.zeros((2, 0, channels), np.float32)
+    mix = np.concatenate(mixes, axis=0) if mixes else np.zeros((0, channels), np.float32)
+    return out, mix, sum(done)
 
 
 def _split(x: np.ndarray, sizes: list[int]):
@@ -130,43 +160,42 @@ def _split(x: np.ndarray, sizes: list[int]):
         k += 1
 
 
-@pytest.mark.parametrize("pad_last", [True, False])
-@pytest.mark.parametrize("n", [1, 77, 999, 1000, 1001, 1750, 2500, 7777])
-def test_chunker_block_split_invariance_and_length(n, pad_last):
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 17, 28, 29, 31, 32, 33, 60, 61, 100, 257, 1000])
+def test_frame_grid_stream_equals_one_piece(n):
     rng = np.random.default_rng(n)
     x = rng.standard_normal((n, 2)).astype(np.float32)
-    plan = ChunkPlan.from_overlap(1000, 0.25, pad_last=pad_last)
-    one, done = _run([x], plan)
-    assert one.shape == (3, n, 2) and done == n
-    for sizes in ([1], [7, 300, 13], [999], [1000], [4096], [250, 2000, 1]):
-        many, done = _run(_split(x, sizes), plan)
-        assert done == n
-        np.testing.assert_array_equal(one, many)
+    want = _one_piece(x)
+    for chunk_frames in (G_T, 2 * G_T, 5 * G_T):
+        for sizes in ([n], [1], [7, 30, 3], [chunk_frames * H_T], [1000]):
+            out, mix, done = _stream(_split(x, sizes), chunk_frames)
+            assert out.shape == want.shape == (2, n, 2) and done == n
+            np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+            np.testing.assert_array_equal(mix, x)          # the input, aligned with the output
 
 
-def test_chunker_crossfade_is_exact_and_short_input_is_one_call():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((5000, 2)).astype(np.float32)
-    plan = ChunkPlan(segment=1024, stride=700)
-    out, _ = _run(_split(x, [333]), plan, fn=lambda c: torch.stack([c, 2 * c, -c]))
-    np.testing.assert_allclose(out[0], x, rtol=1e-6, atol=1e-6)       # weights sum to one
-    np.testing.assert_allclose(out[1], 2 * x, rtol=1e-6, atol=1e-6)
-    calls = []
-    short = x[:300]
-    out, _ = _run([short], ChunkPlan(1024, 700, pad_last=False),
-                  fn=lambda c: (calls.append(c.shape[-1]), torch.stack([c, c, c]))[1])
-    assert calls == [300] and out.shape == (3, 300, 2)
-    # an input of exactly one segment is one call too (the next chunk would be redundant)
-    calls.clear()
-    _run(_split(x[:1024], [100]), ChunkPlan(1024, 700), fn=lambda c: (calls.append(1), torch.stack([c] * 3))[1])
-    assert calls == [1]
+def test_frame_grid_stream_reads_bounded_chunks():
+    x = np.random.default_rng(0).standard_normal((5000, 2)).astype(np.float32)
+    sizes = []
+
+    def fn(t):
+        sizes.append(t.shape[-1])
+        return _synth_test(t)
+
+    _stream(_split(x, [333]), 2 * G_T, fn=fn)
+    full = (2 * G_T - 1) * H_T + L_T
+    assert sizes[:-1] == [full] * (len(sizes) - 1)           # every chunk but the last: whole groups
+    assert sizes[-1] <= full + (L_T // H_T - 1) * H_T
+    # consecutive chunks share only L - H input samples: the input is read ~once
+    assert sum(sizes) < len(x) + len(sizes) * L_T
 
 
-def test_chunker_empty_and_bad_shapes():
-    out, done = _run([], ChunkPlan(100, 50))
+def test_frame_grid_stream_empty_and_bad_input():
+    out, _, done = _stream([], G_T)
     assert out.shape[1] == 0 and done == 0
     with pytest.raises(ValueError):
-        _run([np.zeros((10, 1), np.float32)], ChunkPlan(100, 50))
+        _stream([np.zeros((10, 1), np.float32)], G_T)
+    with pytest.raises(ValueError):
+        list(stft_frame_stream([], _synth_test, frame_length=16, hop=5, chunk_frames=8, channels=2))
 
 
 # --------------------------------------------------------------------------- DSP
@@ -209,8 +238,8 @@ def test_reconstruction_and_full_band(model, bearlin):
 
 @needs_data
 def test_stream_blocks_equal_whole_with_chunk_boundaries(bearlin):
-    # 1 U-Net segment per chunk (11.8 s) so the 14 s song spans two chunks and a cross-fade
-    m = Spleeter2Stems("cpu", segments_per_chunk=1)
+    # 1 U-Net segment per chunk (11.9 s) so the 14 s song spans two chunks
+    m = Spleeter2Stems("cpu", segments_per_chunk=1, precision="fp32")
     whole = m.separate(bearlin)
     parts: dict[str, list] = {"vocals": [], "accompaniment": []}
     consumed = []
@@ -220,9 +249,10 @@ def test_stream_blocks_equal_whole_with_chunk_boundaries(bearlin):
     assert sum(consumed) == len(bearlin)
     for k in parts:
         np.testing.assert_array_equal(np.concatenate(parts[k]), whole[k])
-    # the chunk boundary costs nothing measurable against the unchunked result
-    ref = Spleeter2Stems("cpu").separate(bearlin)
-    assert snr(ref["vocals"], whole["vocals"]) > 15.0
+    # chunks on the frame grid: the same result as the song in one piece (one 3-segment chunk)
+    ref = Spleeter2Stems("cpu", segments_per_chunk=3, precision="fp32").separate(bearlin)
+    for k in parts:
+        assert snr(ref[k], whole[k]) > 100.0
 
 
 @needs_data

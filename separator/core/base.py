@@ -3,8 +3,10 @@
 :class:`ModelSpec` describes a model (static facts, no weights loaded);
 :class:`LoadedModel` is a model ready to run on one device.  The pipeline only uses
 ``samplerate`` / ``audio_channels`` / ``sources`` and :meth:`LoadedModel.separate_stream`,
-so a new family (Demucs) is added by subclassing :class:`ChunkedModel` (implement
-``separate_chunk`` and ``plan``) and registering it in :mod:`separator.core.registry`.
+so a new family is added by subclassing :class:`LoadedModel` and registering it in
+:mod:`separator.core.registry` (the bundled model streams on its STFT frame grid,
+:mod:`separator.core.stft_stream`; Demucs with its own overlap-add,
+:mod:`separator.core.demucs_backend`).
 """
 from __future__ import annotations
 
@@ -13,9 +15,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-
-from .chunked import ChunkPlan, overlap_add_stream
 
 
 @dataclass(frozen=True)
@@ -70,25 +69,3 @@ class LoadedModel(abc.ABC):
                 parts[s].append(block[s])
         return {s: (np.concatenate(p, axis=0) if p else np.zeros((0, self.audio_channels), np.float32))
                 for s, p in parts.items()}
-
-
-class ChunkedModel(LoadedModel):
-    """A model applied chunk by chunk through the generic overlap-add chunker."""
-
-    plan: ChunkPlan
-
-    @abc.abstractmethod
-    def separate_chunk(self, chunk: torch.Tensor) -> torch.Tensor:
-        """``chunk[C, T]`` on ``self.device`` -> ``out[S, C, T]`` (S = len(sources))."""
-
-    def separate_stream(self, blocks: Iterable[np.ndarray], *,
-                        progress: Callable[[int], None] | None = None) -> Iterator[dict[str, np.ndarray]]:
-        def fn(chunk: torch.Tensor) -> torch.Tensor:
-            # inference mode per call, not around the generator: a suspended generator
-            # must not leave the caller's thread in inference mode
-            with torch.inference_mode():
-                return self.separate_chunk(chunk)
-
-        for out in overlap_add_stream(blocks, fn, self.plan, channels=self.audio_channels,
-                                      device=self.device, progress=progress):
-            yield dict(zip(self.sources, out))

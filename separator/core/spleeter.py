@@ -13,6 +13,10 @@ TensorFlow Spleeter exactly, so a whole item agrees with it to float rounding:
 * **Ratio masks** ``(m_i^2 + eps/2) / (sum_j m_j^2 + eps)``, eps = 1e-10.
 * **iSTFT** by overlap-add with the analysis window and TF's fixed 2/3 compensation,
   cropped to ``[4096, 4096 + N)``: the output has exactly the input's length.
+* **Streaming** (:mod:`separator.core.stft_stream`): chunks of whole 512-frame segments cut on
+  the whole signal's frame grid, each analysed, masked and synthesised, the syntheses
+  overlap-added: the same output as the whole file in one piece (float rounding), for any
+  chunk size, with no chunk overlap computed twice.
 
 Full band: stock Spleeter zeroes bins >= 1024 (above 11.025 kHz) in both stems.  Here the
 vocals keep the model's vocals (``mask_extension`` "zeros" as Spleeter; "average" is
@@ -25,7 +29,7 @@ below F go through the multichannel Wiener filter of original Spleeter's ``MWF=T
 (:mod:`separator.core.wiener`, a port of ``norbert.wiener(v, x)``): ``v`` = the two U-Nets'
 magnitude estimates, ``x`` = the chunk's mixture STFT, soft-mask initialisation, then
 ``wiener_iterations`` EM steps (Spleeter: 1); spatial covariances are estimated per chunk
-(Spleeter: per file; the dev items fit in one chunk).  The vocals are the filtered vocals
+(Spleeter: per file), so with ``wiener=True`` the output depends a little on the chunk size.  The vocals are the filtered vocals
 (above F: as ``mask_extension`` says, "average" using the ratio mask's per-frame mean), and
 the accompaniment is still ``mixture - vocals``, or with ``full_band=False`` the filtered
 accompaniment, zero above F -- which is exactly Spleeter with ``MWF=True``.
@@ -39,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ChunkedModel, ModelSpec
-from .chunked import ChunkPlan
+from .base import LoadedModel, ModelSpec
 from .packed_conv import PackedConv2d, packed_conv2d
+from .stft_stream import stft_frame_stream
 from .tensor_cache import Derived
 from .oom import OomFallback, module_copy
 from .weights import load_spleeter_2stems
@@ -187,8 +191,9 @@ def tf_stft(x: torch.Tensor, window: torch.Tensor, p: StftParams) -> torch.Tenso
                       return_complex=True)
 
 
-def tf_istft(spec: torch.Tensor, window: torch.Tensor, p: StftParams, length: int) -> torch.Tensor:
-    """Inverse of :func:`tf_stft`: ``[C, L//2+1, K]`` -> ``[C, length]`` (crop of ``[L, L+length)``)."""
+def ola_synthesis(spec: torch.Tensor, window: torch.Tensor, p: StftParams) -> torch.Tensor:
+    """The overlap-added synthesis of ``spec[C, L//2+1, K]``: ``[C, (K-1)H + L]``, frame ``k`` at
+    ``kH``, each frame windowed and scaled by TF's fixed 2/3 (uncropped)."""
     L, H = p.frame_length, p.frame_step
     r = L // H
     c, _, k = spec.shape
@@ -200,8 +205,13 @@ def tf_istft(spec: torch.Tensor, window: torch.Tensor, p: StftParams, length: in
     out = frames.new_zeros(c, k + r - 1, H)
     for i in range(r):
         out[:, i:i + k] += frames[:, i]
-    del frames
-    return out.view(c, -1)[:, L:L + length]
+    return out.view(c, -1)
+
+
+def tf_istft(spec: torch.Tensor, window: torch.Tensor, p: StftParams, length: int) -> torch.Tensor:
+    """Inverse of :func:`tf_stft`: ``[C, L//2+1, K]`` -> ``[C, length]`` (crop of ``[L, L+length)``)."""
+    L = p.frame_length
+    return ola_synthesis(spec, window, p)[:, L:L + length]
 
 
 def ratio_masks(estimates: list[torch.Tensor], eps: float = 1e-10) -> list[torch.Tensor]:
@@ -224,12 +234,12 @@ SPEC = ModelSpec(
             "(checkpoints/2stems/testcheckpoint{0,1}.ckpt)",
 )
 
-#: Default chunking: 2 whole U-Net segments per chunk (23.7 s; ``2*512*1024 - 4096`` samples,
-#: so the chunk's TF framing fills exactly 2 segments) and a ~2.4 s linear cross-fade.  4
-#: segments (47.4 s) cost ~6 % less computing (less overlap) but ~220 MiB more peak memory,
-#: which also grew with the input length (heap fragmentation); at 2 it stays flat.
+#: Default chunk: 2 whole U-Net segments (1024 STFT frames, 23.8 s).  Chunks are cut on the
+#: whole signal's frame grid (:mod:`separator.core.stft_stream`), so the output equals
+#: separating the file in one piece whatever the chunk size, and no chunk overlap is needed;
+#: the size only sets memory (4 segments: ~220 MiB more peak RSS, and it grew with the
+#: input's length through heap fragmentation; 2 stays flat).
 DEFAULT_SEGMENTS_PER_CHUNK = 2
-DEFAULT_OVERLAP = 26 * 4096   # 106496 samples = 2.41 s
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -248,11 +258,11 @@ def auto_precision(device: str) -> str:
     return "bf16" if native and cpu.startswith("AVX512") else "fp32"
 
 
-class Spleeter2Stems(ChunkedModel):
+class Spleeter2Stems(LoadedModel):
     """Spleeter 2stems on ``device`` ('cpu', 'cuda', 'cuda:N')."""
 
     def __init__(self, device: str = "cpu", *, mask_extension: str = "zeros", full_band: bool = True,
-                 segments_per_chunk: int = DEFAULT_SEGMENTS_PER_CHUNK, overlap: int = DEFAULT_OVERLAP,
+                 segments_per_chunk: int = DEFAULT_SEGMENTS_PER_CHUNK,
                  batch_segments: int = 2, half: bool = False, wiener: bool = False,
                  wiener_iterations: int = 1, precision: str = "fp32", spec: ModelSpec = SPEC) -> None:
         super().__init__(spec, device)
@@ -280,8 +290,9 @@ class Spleeter2Stems(ChunkedModel):
         self.precision = precision
         self.dtype = PRECISIONS[precision]
         self.half = precision == "fp16"
-        segment = segments_per_chunk * self.p.segment_frames * self.p.frame_step - self.p.frame_length
-        self.plan = ChunkPlan(segment=segment, stride=segment - int(overlap), pad_last=False)
+        if int(segments_per_chunk) != segments_per_chunk or segments_per_chunk < 1:
+            raise ValueError(f"segments_per_chunk must be an integer >= 1, got {segments_per_chunk!r}")
+        self.chunk_frames = int(segments_per_chunk) * self.p.segment_frames
 
         states = load_spleeter_2stems(expected_shapes(spec.audio_channels))
         self.nets = nn.ModuleList()
@@ -331,10 +342,9 @@ class Spleeter2Stems(ChunkedModel):
         self.oom.run(self.nets, nseg, step)
         return est.permute(0, 2, 4, 1, 3).reshape(len(self.nets), c, f, nseg * t)[..., :k]
 
-    def _separate_chunk_wiener(self, chunk: torch.Tensor) -> torch.Tensor:
-        n = chunk.shape[-1]
+    def _wiener_spectra(self, spec: torch.Tensor) -> list[torch.Tensor]:
+        """Vocals (and, with ``full_band=False``, accompaniment) spectra by the Wiener filter."""
         fb = self.p.bins
-        spec = tf_stft(chunk, self.window, self.p)                 # (C, 2049, K)
         est = self.source_magnitudes(spec[:, :fb].abs())           # (2, C, F, K)
         average = self.mask_extension == "average"
         mask_mean = ratio_masks(list(est))[0].mean(dim=1, keepdim=True) if average else None
@@ -350,20 +360,11 @@ class Spleeter2Stems(ChunkedModel):
         else:
             spec[:, fb:] = 0
         spec[:, :fb] = y[0]
-        del y
-        vocals = tf_istft(spec, self.window, self.p, n)
-        del spec
-        accomp = chunk - vocals if aspec is None else tf_istft(aspec, self.window, self.p, n)
-        return torch.stack([vocals, accomp])
+        return [spec] if aspec is None else [spec, aspec]
 
-    def separate_chunk(self, chunk: torch.Tensor) -> torch.Tensor:
-        """``chunk[C, N]`` -> ``[2, C, N]`` (vocals, accompaniment)."""
-        chunk = chunk.float()
-        if self.wiener:
-            return self._separate_chunk_wiener(chunk)
-        n = chunk.shape[-1]
+    def _mask_spectra(self, spec: torch.Tensor) -> list[torch.Tensor]:
+        """Vocals (and, with ``full_band=False``, accompaniment) spectra by the ratio mask."""
         fb = self.p.bins
-        spec = tf_stft(chunk, self.window, self.p)                 # (C, 2049, K)
         mask = self.vocal_mask(spec[:, :fb].abs())
         aspec = None
         if not self.full_band:   # stock Spleeter: its own accompaniment mask, zero above bin F
@@ -375,11 +376,28 @@ class Spleeter2Stems(ChunkedModel):
         else:                                  # Spleeter's default: nothing above bin F
             spec[:, fb:] = 0
         spec[:, :fb] *= mask
-        del mask
-        vocals = tf_istft(spec, self.window, self.p, n)
-        del spec
-        accomp = chunk - vocals if aspec is None else tf_istft(aspec, self.window, self.p, n)
-        return torch.stack([vocals, accomp])
+        return [spec] if aspec is None else [spec, aspec]
+
+    def synthesis(self, x: torch.Tensor) -> torch.Tensor:
+        """The frames of ``x[C, (m-1)H + L]`` (``m`` frames of the whole signal's grid, whole
+        U-Net segments) -> their overlap-added synthesis ``[S, C, (m-1)H + L]``: the vocals, and
+        with ``full_band=False`` the accompaniment (see :func:`stft_frame_stream`)."""
+        with torch.inference_mode():   # per call, not around the generator (it may be suspended)
+            spec = torch.stft(x.float(), n_fft=self.p.frame_length, hop_length=self.p.frame_step,
+                              window=self.window, center=False, return_complex=True)   # (C, 2049, m)
+            spectra = self._wiener_spectra(spec) if self.wiener else self._mask_spectra(spec)
+            del spec
+            return torch.stack([ola_synthesis(s, self.window, self.p) for s in spectra])
+
+    def separate_stream(self, blocks, *, progress=None):
+        """Chunks of whole U-Net segments on the whole signal's frame grid: the same output as
+        one piece (float rounding), nothing computed twice."""
+        p = self.p
+        for out, mix in stft_frame_stream(blocks, self.synthesis, frame_length=p.frame_length, hop=p.frame_step,
+                                          chunk_frames=self.chunk_frames, channels=self.audio_channels,
+                                          device=self.device, progress=progress):
+            vocals = out[0]
+            yield {"vocals": vocals, "accompaniment": mix - vocals if self.full_band else out[1]}
 
     # -- out-of-memory fall-back -------------------------------------------------------
     @staticmethod
@@ -397,8 +415,10 @@ def load(spec: ModelSpec, device: str, *, model_dir: str | None = None, jobs: in
          shifts: int = 0, overlap: float | None = None, segment: float | None = None,
          batch: int | None = None, precision: str | None = None, **options) -> Spleeter2Stems:
     """Registry factory.  Takes the engine's generic knobs and maps them onto this model:
-    ``segment`` (seconds) → whole U-Net segments per chunk (11.9 s each), ``overlap``
-    (fraction of a chunk) → the cross-fade length.  ``shifts`` has no meaning here (Demucs only);
+    ``segment`` (seconds) → whole U-Net segments per chunk (11.9 s each; memory only: the
+    output does not depend on it).  ``overlap`` is accepted (0 <= overlap < 1) and has no
+    effect: chunks are cut on the frame grid and equal the one-piece result, so there is no
+    seam to cross-fade.  ``shifts`` has no meaning here (Demucs only);
     ``model_dir`` and ``jobs`` are Demucs settings and are ignored.  Model options pass
     through, e.g. ``wiener=True`` (multichannel Wiener filter, as Spleeter's ``MWF=True``)
     and ``wiener_iterations`` (EM steps, default 1).  ``precision`` defaults to ``auto``
@@ -431,9 +451,6 @@ def load(spec: ModelSpec, device: str, *, model_dir: str | None = None, jobs: in
     if overlap is not None:
         if not 0 <= overlap < 1:
             raise CIError("InvalidArgument", f"overlap must be in [0, 1), got {overlap}", resource="overlap")
-        per_chunk = options.get("segments_per_chunk", DEFAULT_SEGMENTS_PER_CHUNK)
-        chunk = per_chunk * p.segment_frames * p.frame_step - p.frame_length
-        options["overlap"] = int(overlap * chunk)
     if "wiener_iterations" in options:
         it = options["wiener_iterations"]
         if isinstance(it, bool) or not isinstance(it, int) or it < 0:
