@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .runtime import switched_off
 
 MODES = ("IsAudio", "IsBackground", "AudioAndBackground", "MusicMode")
 
@@ -84,7 +85,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--shifts", type=int, help="Demucs: random-shift test-time augmentation passes "
                    "(quality up a little, time x N); default 0")
-    p.add_argument("--overlap", type=float, help="overlap between chunks, 0..0.9 (default: 0.25 for Demucs, a 2.4 s cross-fade (0.1) for the bundled model)")
+    p.add_argument("--overlap", type=float, help="Demucs: overlap between chunks, 0..0.9 (default 0.25); the bundled "
+                   "model's chunks need none (accepted, no effect)")
     p.add_argument("--segment", type=float, help="Demucs: chunk length in seconds "
                    "(at most the model's training segment)")
     p.add_argument("--jobs", type=int, help="Demucs: chunks computed concurrently (default 1)")
@@ -178,7 +180,7 @@ def entry() -> None:
     a finished one-shot command needs (no atexit work of ours is pending; every ffmpeg child
     has been waited for).  ``SEPARATOR_QUICK_EXIT=0`` exits the ordinary way."""
     rc, quick = _run(None)
-    if quick and os.environ.get("SEPARATOR_QUICK_EXIT", "1").strip().lower() not in ("0", "false", "no", "off"):
+    if quick and not switched_off("SEPARATOR_QUICK_EXIT"):
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

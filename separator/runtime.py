@@ -20,14 +20,19 @@ import sys
 OFF = ("0", "false", "no", "off")
 
 
+def switched_off(name: str) -> bool:
+    """True when the environment variable ``name`` turns a default-on behaviour off (0/false/no/off)."""
+    return os.environ.get(name, "1").strip().lower() in OFF
+
+
 def prefer_passive_openmp() -> bool:
     """Set ``OMP_WAIT_POLICY=PASSIVE`` for this process (and its children) if it can still
     take effect and nobody chose otherwise.  True when the variable now says PASSIVE."""
-    if os.environ.get("SEPARATOR_OMP_PASSIVE", "1").strip().lower() in OFF:
+    if switched_off("SEPARATOR_OMP_PASSIVE"):
         return False
     if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
 
 
-__all__ = ["prefer_passive_openmp"]
+__all__ = ["prefer_passive_openmp", "switched_off"]

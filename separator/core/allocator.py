@@ -18,9 +18,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import platform
 import threading
+
+from ..runtime import switched_off
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def tune() -> bool:
         if _state is not None:
             return _state
         _state = False
-        if os.environ.get("SEPARATOR_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no", "off"):
+        if switched_off("SEPARATOR_MALLOC_TUNING"):
             return False
         if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
             return False

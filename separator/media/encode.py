@@ -243,17 +243,15 @@ class Encoder:
             raise ValueError(f"expected a (frames, {self.in_channels}) block, got shape {a.shape}")
         if a.shape[0] == 0:
             return
-        if self._feed_error is not None:
-            self._fail("ffmpeg stopped accepting audio")
         for start in range(0, a.shape[0], self.PIECE_FRAMES):
+            if self._feed_error is not None:
+                self._fail("ffmpeg stopped accepting audio")
             piece = a[start:start + self.PIECE_FRAMES]
             # a new C-contiguous little-endian buffer that the feeder thread owns: two passes
             pcm = np.empty(piece.shape, dtype="<f4")
             np.clip(piece, -1.0, 1.0, out=pcm)          # +-inf -> +-1 (NaN stays NaN)
             np.nan_to_num(pcm, copy=False, nan=0.0)     # NaN -> 0
             self._queue.put(pcm)
-            if self._feed_error is not None:
-                self._fail("ffmpeg stopped accepting audio")
         self.frames_written += a.shape[0]
 
     def close(self) -> None:
