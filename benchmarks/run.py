@@ -196,7 +196,16 @@ def section_spleeter(args, res: dict, budget: Budget) -> None:
         if rec["rc"] == 0 and rec["result"]:
             r = rec["result"]
             rec["e2e_xrt_process"] = xrt(secs, rec["wall_s"])
-            rec["e2e_xrt_loaded"] = xrt(secs, r["separate_file_s"])
+            rec["e2e_xrt_first"] = rec["e2e_xrt_loaded"] = xrt(secs, r["separate_file_s"])
+            if secs <= 60:
+                # the reference protocol ("once loaded"): another process, first call then 3 warm calls
+                log(f"spleeter e2e {secs:.0f} s, warm calls")
+                w = measure([PY, str(BENCH / "children.py"), "ours_file", json.dumps({**a, "calls": 4})],
+                            timeout=max(300, pred * 8), env=env, label=f"ours_e2e_{int(secs)}s_warm")
+                rec["warm_run"] = w
+                if w["rc"] == 0 and w["result"] and w["result"].get("warm_median_s"):
+                    r["warm_s"], r["warm_median_s"] = w["result"]["warm_s"], w["result"]["warm_median_s"]
+                    rec["e2e_xrt_loaded"] = xrt(secs, r["warm_median_s"])
         out["e2e"].append(rec)
         if not args.keep:
             shutil.rmtree(od, ignore_errors=True)

@@ -115,12 +115,13 @@ def _mag(model: Spleeter2Stems, audio: np.ndarray) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def mags(spleeter) -> dict[int, torch.Tensor]:
-    """Magnitudes of a real song spanning 1, 2 and 3 U-Net segments (512 frames each)."""
-    song = _decode(SONG, 30.0)
-    sizes = {1: 5 * 44100, 2: 14 * 44100, 3: len(song)}
-    out = {n: _mag(spleeter, song[:size]) for n, size in sizes.items()}
+    """Magnitudes of a real song, exactly 1, 2 and 3 whole U-Net segments (512 frames each; a
+    partial last segment would run as a batch of its own)."""
+    song = _decode(SONG, 36.0)
+    p = spleeter.p
+    out = {n: _mag(spleeter, song[:n * p.segment_frames * p.frame_step - p.frame_length]) for n in (1, 2, 3)}
     for n, m in out.items():
-        assert -(-m.shape[-1] // spleeter.p.segment_frames) == n
+        assert m.shape[-1] == n * p.segment_frames
     return out
 
 

@@ -86,18 +86,19 @@ def stft_frame_stream(
     hop: int,
     chunk_frames: int,
     channels: int,
+    first_chunk_frames: int | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Run ``fn`` over the stream ``chunk_frames`` frames at a time; yield ``(out, mix)`` for
-    consecutive final sample ranges: ``out[S, n, C]`` float32 and the input's ``mix[n, C]``
-    over the same samples.  The ranges cover the input exactly (total ``n`` = its length).
-    ``progress(n)`` is called after every yield."""
-    L, H, M = int(frame_length), int(hop), int(chunk_frames)
-    if H <= 0 or L < H or L % H or M <= 0:
-        raise ValueError(f"need 0 < hop <= frame_length, frame_length % hop == 0 and chunk_frames > 0, "
-                         f"got frame_length={L} hop={H} chunk_frames={M}")
-    need = (M - 1) * H + L                 # input samples of a full chunk
+    """Run ``fn`` over the stream ``chunk_frames`` frames at a time (the first chunk
+    ``first_chunk_frames``, when given: a small first chunk gets output to the consumer sooner);
+    yield ``(out, mix)`` for consecutive final sample ranges: ``out[S, n, C]`` float32 and the
+    input's ``mix[n, C]`` over the same samples.  The ranges cover the input exactly (total
+    ``n`` = its length).  ``progress(n)`` is called after every yield."""
+    L, H, M = int(frame_length), int(hop), int(first_chunk_frames or chunk_frames)
+    if H <= 0 or L < H or L % H or M <= 0 or chunk_frames <= 0:
+        raise ValueError(f"need 0 < hop <= frame_length, frame_length % hop == 0 and chunk sizes > 0, got "
+                         f"frame_length={L} hop={H} chunk_frames={chunk_frames} first_chunk_frames={first_chunk_frames}")
     queue = BlockQueue(channels)
     queue.push(np.zeros((L, channels), np.float32))   # frame 0 starts L samples before the signal
     pos = -L                               # signal index of queue[0] (= k0 H - L)
@@ -107,6 +108,7 @@ def stft_frame_stream(
     to_cuda = torch.cuda.is_available() and torch.device(device).type == "cuda"
 
     while True:
+        need = (M - 1) * H + L             # input samples of a full chunk
         while not ended and queue.size <= need:    # one sample more than a chunk: frames follow it
             try:
                 queue.push(as_block(next(it), channels))
@@ -141,6 +143,7 @@ def stft_frame_stream(
         carry = y[:, M * H: M * H + L - H].copy()
         queue.drop(M * H)
         pos += M * H
+        M = int(chunk_frames)
 
 
 __all__ = ["BlockQueue", "SynthesisFn", "as_block", "stft_frame_stream"]
