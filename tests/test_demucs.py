@@ -380,3 +380,39 @@ def test_registry_style_factory(tiny_dir):
     spec = next(s for s in demucs_specs(tiny_dir, include_local=True) if s.name == "tiny_bag")
     m = demucs_backend.load(spec, "cpu", model_dir=tiny_dir, overlap=0.5)
     assert isinstance(m, DemucsModel) and m.spec == spec and m.overlap == 0.5
+
+
+def test_local_models_are_listed_from_their_headers(tiny_dir, monkeypatch):
+    """Listing a local model reads its weight file's class and arguments (memory-mapped); it
+    builds nothing (the CLI used to build every local model once just to list it)."""
+    from separator.core import demucs_backend
+
+    want = {s.name: s for s in demucs_specs(tiny_dir, include_local=True)}
+    built = []
+    monkeypatch.setattr(demucs_backend, "_load_bag", lambda *a, **k: built.append(a) or pytest.fail("built"))
+    got = {s.name: s for s in demucs_specs(tiny_dir, include_local=True)}
+    assert not built and set(got) >= {"tiny_htdemucs", "tiny_bag"}
+    monkeypatch.undo()
+    assert got == want
+    for name in ("tiny_htdemucs", "tiny_bag"):
+        m = load_demucs(name, "cpu", model_dir=tiny_dir)
+        assert (got[name].sources, got[name].samplerate, got[name].audio_channels) == \
+            (tuple(m.sources), m.samplerate, m.audio_channels)
+
+
+def test_models_are_built_without_random_init_and_loaded_exactly(tiny_dir):
+    """Construction skips torch.nn.init's random fills (the checkpoint overwrites every
+    parameter); the patch is undone, and the parameters are the checkpoint's."""
+    from separator.core import demucs_backend
+
+    before = torch.nn.init.uniform_
+    m = load_demucs("tiny_htdemucs", "cpu", model_dir=tiny_dir)
+    assert torch.nn.init.uniform_ is before and torch.nn.init.kaiming_uniform_ is not demucs_backend._zero_fill
+    repo = Path(tiny_dir) / "demucs"
+    sig = str(yaml.safe_load((repo / "tiny_htdemucs.yaml").read_text())["models"][0])
+    path = next(repo.glob(f"{sig}-*.th"))
+    state = torch.load(path, map_location="cpu", weights_only=False)["state"]
+    own = m.models[0].state_dict()
+    for k, v in state.items():
+        torch.testing.assert_close(own[k], v.to(own[k].dtype), rtol=0, atol=0)   # (stored as fp16)
+    assert any(v.abs().sum() > 0 for v in own.values())

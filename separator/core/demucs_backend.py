@@ -35,8 +35,11 @@ read is a :class:`~separator.errors.ModelUnavailable`, never a raw exception.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import inspect
 import logging
+import threading
 import math
 import os
 import random
@@ -82,7 +85,7 @@ def _spec_for(entry: CatalogueModel) -> ModelSpec:
 def demucs_specs(model_dir: str | os.PathLike | None = None, *, include_local: bool = False) -> list[ModelSpec]:
     """A :class:`ModelSpec` for every Demucs model of the catalogue (cheap: loads no
     weights).  With ``include_local``, extra bags found in the local repo are added
-    (their sources are read from the first weight file's header)."""
+    (their sources are read from the first weight file's header, see :func:`_local_meta`)."""
     cat = demucs_catalogue()
     order = {n: i for i, n in enumerate(PREFERRED_ORDER)}
     specs = [_spec_for(e) for e in sorted(cat.values(), key=lambda e: (order.get(e.name, len(order)), e.name))]
@@ -92,12 +95,47 @@ def demucs_specs(model_dir: str | os.PathLike | None = None, *, include_local: b
             if info.origin != "local" or not info.installed:
                 continue
             try:
-                bag = _load_bag(info.name, repo, entry=None)
+                sources, samplerate, channels = _local_meta(info.name, repo)
             except ModelUnavailable:
                 continue
-            specs.append(ModelSpec(info.name, "demucs", tuple(bag.sources), int(bag.samplerate),
-                                   int(bag.audio_channels), info.description, f"demucs repo {repo}"))
+            specs.append(ModelSpec(info.name, "demucs", sources, samplerate, channels,
+                                   info.description, f"demucs repo {repo}"))
     return specs
+
+
+def _package_meta(path: Path) -> tuple[tuple[str, ...], int, int] | None:
+    """(sources, samplerate, audio_channels) from a weight file's class and constructor
+    arguments, without reading its tensors (memory-mapped, safe unpickler); None when the file
+    does not say (an old non-zip file, an unknown layout)."""
+    try:
+        with torch.serialization.safe_globals([*_model_classes(), Fraction]):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pkg = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        bound = inspect.signature(pkg["klass"]).bind_partial(*pkg["args"], **pkg["kwargs"])
+        bound.apply_defaults()
+        a = bound.arguments
+        return tuple(str(x) for x in a["sources"]), int(a["samplerate"]), int(a["audio_channels"])
+    except Exception:  # noqa: BLE001 - any doubt: the caller builds the model instead
+        return None
+
+
+def _local_meta(name: str, repo: Path) -> tuple[tuple[str, ...], int, int]:
+    """A local model's (sources, samplerate, audio_channels), for listing it: read from its
+    (first) weight file's header, or by loading it when the header does not say."""
+    files = _scan_repo(repo)
+    sig = name
+    if name not in files:
+        try:
+            import yaml
+            sig = str(yaml.safe_load((repo / f"{name}.yaml").read_text())["models"][0])
+        except Exception:  # noqa: BLE001 - a bad bag: loading it says what is wrong
+            sig = ""
+    meta = _package_meta(files[sig]) if sig in files else None
+    if meta is None:
+        bag = _load_bag(name, repo, entry=None)
+        meta = (tuple(bag.sources), int(bag.samplerate), int(bag.audio_channels))
+    return meta
 
 
 # =========================================================================== loading
@@ -129,6 +167,35 @@ def _read_package(path: Path, trusted: bool) -> dict:
         raise
 
 
+_INIT_LOCK = threading.Lock()
+#: torch.nn.init's random fills: the constructors call them, then the checkpoint overwrites
+#: every parameter (demucs.states.load_model loads the state strictly).
+_RANDOM_INITS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+                 "xavier_uniform_", "xavier_normal_", "orthogonal_", "sparse_")
+
+
+def _zero_fill(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        return tensor.zero_()
+
+
+@contextlib.contextmanager
+def _zero_init():
+    """Build modules with zero-filled instead of random parameters (the random fills of a
+    full-size HTDemucs take ~0.2 s and are overwritten by the checkpoint right after).  Patches
+    :mod:`torch.nn.init` for the duration, under a lock (model loads are serialised anyway)."""
+    init = torch.nn.init
+    with _INIT_LOCK:
+        saved = {n: getattr(init, n) for n in _RANDOM_INITS if hasattr(init, n)}
+        try:
+            for n in saved:
+                setattr(init, n, _zero_fill)
+            yield
+        finally:
+            for n, f in saved.items():
+                setattr(init, n, f)
+
+
 def _load_single(sig: str, files: dict[str, Path], trusted_files: dict[str, str]) -> torch.nn.Module:
     """One model: checksum check (as demucs.repo.LocalRepo), safe load, demucs.states.load_model."""
     from demucs.states import load_model
@@ -151,7 +218,7 @@ def _load_single(sig: str, files: dict[str, Path], trusted_files: dict[str, str]
     if not isinstance(pkg, dict) or not {"klass", "args", "kwargs", "state"} <= set(pkg):
         raise ModelUnavailable(f"{path} is not a demucs model package (klass/args/kwargs/state)")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _zero_init():
             warnings.simplefilter("ignore")
             model = load_model(pkg)
     except SystemExit:  # demucs.states._check_diffq calls sys.exit when diffq is missing
