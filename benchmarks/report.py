@@ -131,16 +131,24 @@ def _summary(res: dict) -> list[str]:
                          verdict(min(sdr.values()) >= 50)])
     ours = sorted((r for r in dm.get("runs", []) if r.get("tool") == "ours" and r.get("rc") == 0), key=lambda r: r["audio_s"])
     if ours:
-        lo, hi = ours[0], ours[-1]
+        # the issue compares 60 min with 1 min: the 1 min run when there is one (else the shortest),
+        # against the longest (600 s by default: a 60 min HTDemucs run does not fit the budget)
+        lo = next((r for r in ours if r["audio_s"] == 60), ours[0])
+        hi = ours[-1]
+        top = max(r["peak_rss_mib"] for r in ours)
         rows.append(["HTDemucs-size peak RSS (ours)", "< 2 GB; 60 min within 15 % of 1 min",
                      f"{mib(lo['peak_rss_mib'])} MiB at {lo['audio_s']:g} s → {mib(hi['peak_rss_mib'])} MiB at {hi['audio_s']:g} s"
-                     f" ({(hi['peak_rss_mib'] / lo['peak_rss_mib'] - 1) * 100:+.0f} %)",
-                     verdict(hi["peak_rss_mib"] < 2048 and hi["peak_rss_mib"] <= lo["peak_rss_mib"] * 1.15)
+                     f" ({(hi['peak_rss_mib'] / lo['peak_rss_mib'] - 1) * 100:+.0f} %; every run: "
+                     + ", ".join(f"{mib(r['peak_rss_mib'])}" for r in ours) + " MiB)",
+                     verdict(top < 2048 and hi["peak_rss_mib"] <= lo["peak_rss_mib"] * 1.15)
                      if hi["audio_s"] > lo["audio_s"] else "–"])
     cli = sorted((r for r in dm.get("runs", []) if r.get("tool") == "demucs_cli" and r.get("rc") == 0), key=lambda r: r["audio_s"])
     if cli:
+        first = {}
+        for r in cli:
+            first.setdefault(r["audio_s"], r)
         rows.append(["demucs CLI peak RSS (for comparison)", "–",
-                     ", ".join(f"{mib(r['peak_rss_mib'])} MiB at {r['audio_s']:g} s" for r in cli), "–"])
+                     ", ".join(f"{mib(r['peak_rss_mib'])} MiB at {a:g} s" for a, r in first.items()), "–"])
     q = (res.get("quality") or {}).get("variants", {})
     d = q.get("default")
     if d and d.get("rc") == 0 and d.get("result"):

@@ -384,7 +384,7 @@ def section_demucs(args, res: dict, budget: Budget) -> None:
     model_dir = repo.parent
     env = bench_env({"SEPARATOR_MODEL_DIR": str(model_dir), "SEPARATOR_OFFLINE": "1"})
     cli_lengths = parse_lengths(args.demucs_cli_lengths or ("10,30" if args.quick else "30,120"))
-    ours_lengths = parse_lengths(args.demucs_ours_lengths or ("10,30" if args.quick else "30,120,600"))
+    ours_lengths = parse_lengths(args.demucs_ours_lengths or ("10,30" if args.quick else "30,60,120,600"))
     out["conditions"] = {
         "model": "bench_htdemucs: HTDemucs() default size, random init (seed 0), segment 7.8 s, 4 sources",
         "segment_s": 7.8, "overlap": args.demucs_overlap, "shifts": 0, "device": "cpu", "threads": 2,
@@ -479,7 +479,7 @@ def main(argv=None) -> int:
                    help="minutes for the whole run; measurements predicted not to fit are skipped (0 = no limit)")
     p.add_argument("--spleeter-lengths", help="seconds, ours end to end (default 60,600,3600; quick 60,600)")
     p.add_argument("--demucs-cli-lengths", help="seconds, demucs CLI (default 30,120; quick 10,30)")
-    p.add_argument("--demucs-ours-lengths", help="seconds, ours with HTDemucs (default 30,120,600; quick 10,30)")
+    p.add_argument("--demucs-ours-lengths", help="seconds, ours with HTDemucs (default 30,60,120,600; quick 10,30)")
     p.add_argument("--demucs-overlap", type=float, default=0.25)
     p.add_argument("--demucs-repeats", type=int, default=3,
                    help="alternating ours / CLI pairs for inputs of 30 s or less (the ratio uses the medians)")
