@@ -206,7 +206,7 @@ def _spleeter(res: dict) -> list[str]:
               "separation → 2 ffmpeg mp3 encoders (vocals, background; 128 kbps = the source's). *first call* = "
               "`separate_file` right after the model is loaded; *process* = the whole `python` process (start, import, "
               "load, separate, exit); peak RSS and CPU are this one-call process's.  *warm* (1 min only) = the median "
-              "of 3 more calls after a first one, in a second process: the reference's \"once loaded\" protocol "
+              "of 5 more calls after a first one, in a second process: the reference's \"once loaded\" protocol "
               "and the service's steady state.", ""]
         rows = []
         for e in e2e:

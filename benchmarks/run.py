@@ -146,7 +146,7 @@ def tf_python(args) -> Path | None:
 def section_spleeter(args, res: dict, budget: Budget) -> None:
     out = res.setdefault("spleeter", {"e2e": [], "in_memory": {}, "notes": []})
     env = bench_env({"SEPARATOR_CACHE": str(WORK / "sepcache")})
-    lengths = parse_lengths(args.spleeter_lengths or ("60,600" if args.quick else "60,600,3600"))
+    lengths = parse_lengths(args.spleeter_lengths or ("60,600" if args.quick else "60,600,3600,10800"))
     mem_lengths = [60] if args.quick else [60, 180]
 
     # -- in memory, the reference protocol: 60 s array, first call then warm calls
@@ -199,9 +199,9 @@ def section_spleeter(args, res: dict, budget: Budget) -> None:
             rec["e2e_xrt_process"] = xrt(secs, rec["wall_s"])
             rec["e2e_xrt_first"] = rec["e2e_xrt_loaded"] = xrt(secs, r["separate_file_s"])
             if secs <= 60:
-                # the reference protocol ("once loaded"): another process, first call then 3 warm calls
+                # the reference protocol ("once loaded"): another process, first call then 5 warm calls
                 log(f"spleeter e2e {secs:.0f} s, warm calls")
-                w = measure([PY, str(BENCH / "children.py"), "ours_file", json.dumps({**a, "calls": 4})],
+                w = measure([PY, str(BENCH / "children.py"), "ours_file", json.dumps({**a, "calls": 6})],
                             timeout=max(300, pred * 8), env=env, label=f"ours_e2e_{int(secs)}s_warm")
                 rec["warm_run"] = w
                 if w["rc"] == 0 and w["result"] and w["result"].get("warm_median_s"):
@@ -477,7 +477,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smaller sizes (for a loaded machine or a smoke run)")
     p.add_argument("--budget", type=float, default=20.0,
                    help="minutes for the whole run; measurements predicted not to fit are skipped (0 = no limit)")
-    p.add_argument("--spleeter-lengths", help="seconds, ours end to end (default 60,600,3600; quick 60,600)")
+    p.add_argument("--spleeter-lengths", help="seconds, ours end to end (default 60,600,3600,10800; quick 60,600)")
     p.add_argument("--demucs-cli-lengths", help="seconds, demucs CLI (default 30,120; quick 10,30)")
     p.add_argument("--demucs-ours-lengths", help="seconds, ours with HTDemucs (default 30,60,120,600; quick 10,30)")
     p.add_argument("--demucs-overlap", type=float, default=0.25)
