@@ -278,7 +278,7 @@ def _demucs(res: dict) -> list[str]:
                      "SDR ours vs CLI per stem, dB (1st pair)"], rows), ""]
     g = dm.get("rss_growth_mib_per_min")
     if g:
-        L += [f"Peak RSS growth per minute of input (between the shortest and longest run): "
+        L += ["Peak RSS growth per minute of input (between the shortest and longest run): "
               + ", ".join(f"{'ours' if k == 'ours' else 'demucs CLI'} {v:+.0f} MiB/min" for k, v in g.items())
               + f". Reference machine (issue 6): demucs CLI {res['reference']['demucs_cli_rss_gb']} GB by input seconds.", ""]
     return L

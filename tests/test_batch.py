@@ -303,6 +303,31 @@ def test_resume_after_kill_9(clip, tmp_path):
     assert sorted(os.path.relpath(r["input"], src) for r in state) == sorted(names)
 
 
+def test_interrupt_while_recording_reports_the_input_done(clip, tmp_path, monkeypatch):
+    """A Ctrl-C that lands while a finished input's record is being written (after the line is
+    in the file: the fsync) reports that input ``ok``, not ``pending``, and the rerun skips it."""
+    from separator.batch import state as batch_state
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(3):
+        make(clip, src / f"c{i}.flac")
+    real = batch_state.BatchState.record
+
+    def record_then_interrupt(self, item, result):
+        real(self, item, result)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch_state.BatchState, "record", record_then_interrupt)
+    report = run_batch(opts(src, out))
+    rows, totals = read_summary(out / "batch-summary.jsonl")
+    assert report.exit_status == 130 == totals["exit_status"]
+    assert (totals["ok"], totals["pending"]) == (1, 2)
+    monkeypatch.undo()
+    run_batch(opts(src, out))
+    rows, totals = read_summary(out / "batch-summary.jsonl")
+    assert (totals["ok"], totals["skipped"], totals["pending"]) == (2, 1, 0)
+
+
 def test_ctrl_c_stops_cleanly(clip, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     n = 16                                 # enough that some are left when Ctrl-C comes

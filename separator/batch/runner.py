@@ -248,12 +248,15 @@ def _run(plan: Plan, opts: BatchOptions, backend, out: Path, summary_path: Path,
         if res.get("node"):
             row["node"] = res["node"]
         if res["status"] == "ok":
+            row["outputs"] = {r: o["path"] for r, o in res["outputs"].items()}
+            # the row first: a Ctrl-C that lands while the record is written (fsync) must not
+            # report a finished input as pending
+            rows[item.index] = row
             try:
                 state.record(item, res)
             except OSError as e:
                 row.update(status="failed", error={"code": "InternalError",
                                                    "message": f"cannot record completion: {e}"})
-            row["outputs"] = {r: o["path"] for r, o in res["outputs"].items()}
         rows[item.index] = row
         progress.update(row)
 

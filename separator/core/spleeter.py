@@ -41,7 +41,6 @@ accompaniment, zero above F -- which is exactly Spleeter with ``MWF=True``.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
