@@ -151,3 +151,27 @@ def test_concurrent_claims_never_hand_out_a_job_twice(store):
     for t in threads:
         t.join()
     assert len(got) == 60 and len(set(got)) == 60
+
+
+def test_add_job_returns_the_row_as_submitted_even_if_claimed_at_once(store, monkeypatch):
+    """The scheduler (another thread) may claim a job the moment its insert commits; the row
+    add_job returns (and the create response built from it) still says Submitted."""
+    store.queue_for(B)
+    real_exit = JobStore._Tx.__exit__
+    claimed: list = []
+    once = threading.Event()
+
+    def exit_then_claim(self, exc_type, exc, tb):
+        real_exit(self, exc_type, exc, tb)
+        if exc_type is None and not once.is_set():
+            once.set()               # (claim_next commits through here too)
+            t = threading.Thread(target=lambda: claimed.append(store.claim_next("w0")))
+            t.start()
+            t.join()
+
+    monkeypatch.setattr(JobStore._Tx, "__exit__", exit_then_claim)
+    row = add(store, 1)
+    monkeypatch.undo()
+    assert claimed and claimed[0] is not None and claimed[0].state == "Running"
+    assert row.state == "Submitted" and row.job_id == claimed[0].job_id
+    assert store.job(row.job_id).state == "Running"

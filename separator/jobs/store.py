@@ -259,9 +259,11 @@ class JobStore:
                 "request,template,meta) VALUES (?,?,?,?,?,'Submitted',?,?,?,?,?,?)",
                 (job_id, bucket, region, queue_id, tag, int(level), created, input_object, request,
                  json.dumps(template) if template else None, json.dumps(meta or {})))
-        row = self.job(job_id)
-        assert row is not None
-        return row
+            # read back inside the transaction: the row as submitted, even if the scheduler
+            # dispatches it the moment it is committed (the create response says Submitted)
+            r = db.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        assert r is not None
+        return JobRow(**dict(r))
 
     def job(self, job_id: str) -> JobRow | None:
         r = self._db().execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
