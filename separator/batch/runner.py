@@ -247,17 +247,16 @@ def _run(plan: Plan, opts: BatchOptions, backend, out: Path, summary_path: Path,
                "model": res.get("model")}
         if res.get("node"):
             row["node"] = res["node"]
+        # the row before the record: a Ctrl-C that lands while the record is written (fsync)
+        # must not report a finished input as pending
+        rows[item.index] = row
         if res["status"] == "ok":
             row["outputs"] = {r: o["path"] for r, o in res["outputs"].items()}
-            # the row first: a Ctrl-C that lands while the record is written (fsync) must not
-            # report a finished input as pending
-            rows[item.index] = row
             try:
                 state.record(item, res)
             except OSError as e:
                 row.update(status="failed", error={"code": "InternalError",
                                                    "message": f"cannot record completion: {e}"})
-        rows[item.index] = row
         progress.update(row)
 
     interrupted = False

@@ -39,11 +39,11 @@ import contextlib
 import importlib.util
 import inspect
 import logging
-import threading
 import math
 import os
 import random
 import tempfile
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -108,10 +108,7 @@ def _package_meta(path: Path) -> tuple[tuple[str, ...], int, int] | None:
     arguments, without reading its tensors (memory-mapped, safe unpickler); None when the file
     does not say (an old non-zip file, an unknown layout)."""
     try:
-        with torch.serialization.safe_globals([*_model_classes(), Fraction]):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                pkg = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        pkg = _read_package(path, trusted=False, mmap=True)
         bound = inspect.signature(pkg["klass"]).bind_partial(*pkg["args"], **pkg["kwargs"])
         bound.apply_defaults()
         a = bound.arguments
@@ -127,9 +124,8 @@ def _local_meta(name: str, repo: Path) -> tuple[tuple[str, ...], int, int]:
     sig = name
     if name not in files:
         try:
-            import yaml
-            sig = str(yaml.safe_load((repo / f"{name}.yaml").read_text())["models"][0])
-        except Exception:  # noqa: BLE001 - a bad bag: loading it says what is wrong
+            sig = _read_bag(repo / f"{name}.yaml")[1][0]
+        except (ModelUnavailable, IndexError):   # a bad bag: loading it says what is wrong
             sig = ""
     meta = _package_meta(files[sig]) if sig in files else None
     if meta is None:
@@ -147,16 +143,17 @@ def _model_classes() -> list:
     return [Demucs, HDemucs, HTDemucs]
 
 
-def _read_package(path: Path, trusted: bool) -> dict:
+def _read_package(path: Path, trusted: bool, *, mmap: bool = False) -> dict:
     """torch.load with the weights-only unpickler (demucs classes + Fraction allowed).
     ``trusted`` (a catalogue file whose checksum matched) may fall back to demucs's own
-    full unpickling if it needs a global outside the allow-list."""
+    full unpickling if it needs a global outside the allow-list.  ``mmap``: tensors are
+    mapped, not read (for a look at the header)."""
     import pickle
     try:
         with torch.serialization.safe_globals([*_model_classes(), Fraction]):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return torch.load(path, map_location="cpu", weights_only=True)
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" in str(exc) and trusted:
             log.warning("%s needs globals outside the allow-list; loading it with demucs's "
@@ -245,10 +242,19 @@ def _scan_repo(repo: Path) -> dict[str, Path]:
     return files
 
 
+def _read_bag(yml: Path) -> tuple[dict, list[str]]:
+    """A bag file: its content and its models' signatures (``ModelUnavailable`` when unreadable)."""
+    import yaml
+    try:
+        bag = yaml.safe_load(yml.read_text())
+        return bag, [str(s) for s in bag["models"]]
+    except Exception as exc:  # noqa: BLE001
+        raise ModelUnavailable(f"bad bag file {yml}: {exc}") from None
+
+
 def _load_bag(name: str, repo: Path, entry: CatalogueModel | None):
     """``name`` -> BagOfModels (or a single model for a bare signature), as
     demucs.pretrained.get_model(name, repo=repo) does, but with safe unpickling."""
-    import yaml
     from demucs.apply import BagOfModels
     files = _scan_repo(repo)
     trusted = {f.file: f.checksum for e in demucs_catalogue().values() for f in e.files}
@@ -259,11 +265,7 @@ def _load_bag(name: str, repo: Path, entry: CatalogueModel | None):
     yml = repo / f"{name}.yaml"
     if not yml.is_file():
         raise ModelUnavailable(f"{name!r} is neither a weight signature nor a bag (.yaml) in {repo}")
-    try:
-        bag = yaml.safe_load(yml.read_text())
-        sigs = [str(s) for s in bag["models"]]
-    except Exception as exc:  # noqa: BLE001
-        raise ModelUnavailable(f"bad bag file {yml}: {exc}") from None
+    bag, sigs = _read_bag(yml)
     if entry is not None and (tuple(sigs) != entry.bag_models):
         raise ModelUnavailable(f"{yml} does not match the catalogue's composition of {name} "
                                f"({sigs} != {list(entry.bag_models)}); delete it to have it rewritten")

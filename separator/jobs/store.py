@@ -261,12 +261,12 @@ class JobStore:
                  json.dumps(template) if template else None, json.dumps(meta or {})))
             # read back inside the transaction: the row as submitted, even if the scheduler
             # dispatches it the moment it is committed (the create response says Submitted)
-            r = db.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
-        assert r is not None
-        return JobRow(**dict(r))
+            row = self.job(job_id, db)
+        assert row is not None
+        return row
 
-    def job(self, job_id: str) -> JobRow | None:
-        r = self._db().execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+    def job(self, job_id: str, db: sqlite3.Connection | None = None) -> JobRow | None:
+        r = (db or self._db()).execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
         return JobRow(**dict(r)) if r else None
 
     def jobs(self, bucket: str, job_ids: Sequence[str]) -> dict[str, JobRow]:
