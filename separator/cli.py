@@ -95,9 +95,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wiener", action="store_true", help="bundled model: multichannel Wiener "
                    "filter on the vocals (+0.1 dB vocals, +0.1 dB background; ~25 %% more time)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="bundled model: arithmetic of the U-Nets (default auto = bf16 on CPUs with "
-                   "native bf16 (AMX/AVX512-BF16: ~1.7x faster, SDR within 0.03 dB), else fp32; "
-                   "fp16 on CUDA only)")
+                   help="arithmetic of the network. Bundled model: default auto = bf16 on CPUs with "
+                   "native bf16 (AMX/AVX512-BF16: ~1.7x faster, SDR within 0.03 dB), else fp32. "
+                   "Demucs: auto = fp32; fp16 / bf16 run it under autocast. fp16 on CUDA only")
     p.add_argument("--model-dir", dest="model_dir",
                    help="directory of Demucs weights (default $SEPARATOR_MODEL_DIR or ~/.cache/separator/models)")
 

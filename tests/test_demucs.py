@@ -416,3 +416,65 @@ def test_models_are_built_without_random_init_and_loaded_exactly(tiny_dir):
     for k, v in state.items():
         torch.testing.assert_close(own[k], v.to(own[k].dtype), rtol=0, atol=0)   # (stored as fp16)
     assert any(v.abs().sum() > 0 for v in own.values())
+
+
+# ----------------------------------------------------------------------------- precision
+def _snr(ref: dict, est: dict) -> float:
+    num = sum(float(np.sum(ref[s].astype(np.float64) ** 2)) for s in ref)
+    den = sum(float(np.sum((ref[s].astype(np.float64) - est[s]) ** 2)) for s in ref)
+    return 10 * np.log10(num / den)
+
+
+def test_precision_knob(tiny_dir):
+    """fp32 is the default (and what auto means for Demucs); fp16 needs CUDA; bf16 runs the
+    forward passes under autocast: float32 outputs within rounding of the fp32 ones, and a
+    different computation (a knob that did nothing would give identical outputs)."""
+    from separator.core import demucs_backend
+    audio = fx.noise(1.6, seed=11)
+    fp32 = load_demucs("tiny_htdemucs", "cpu", model_dir=tiny_dir)
+    assert fp32.precision == "fp32" and fp32.dtype is None
+    assert load_demucs("tiny_htdemucs", "cpu", model_dir=tiny_dir, precision="auto").precision == "fp32"
+    for bad in ("fp16", "int8"):
+        with pytest.raises(CIError) as ei:
+            load_demucs("tiny_htdemucs", "cpu", model_dir=tiny_dir, precision=bad)
+        assert ei.value.code == "InvalidArgument" and bad in ei.value.message
+    spec = next(s for s in demucs_specs(tiny_dir, include_local=True) if s.name == "tiny_htdemucs")
+    with pytest.raises(CIError):
+        demucs_backend.load(spec, "cpu", model_dir=tiny_dir, wiener=True)
+    bf16 = demucs_backend.load(spec, "cpu", model_dir=tiny_dir, precision="bf16")
+    assert bf16.precision == "bf16"
+    a, b = fp32.separate(audio), bf16.separate(audio)
+    assert all(b[s].dtype == np.float32 and b[s].shape == audio.shape for s in b)
+    assert max_diff(a, b) > 0.0
+    assert _snr(a, b) > 25.0
+
+
+def test_reduced_precision_fallback_copy_runs_fp32(tiny_dir):
+    """Out of memory, the CPU copy of a bf16 model computes in float32 (the fall-back trades
+    speed for fitting, never precision): its chunks equal the fp32 model's."""
+    from separator.core.demucs_backend import _OOM
+    audio = fx.noise(1.2, seed=12)
+    fp32 = load_demucs("tiny_htdemucs", "cpu", model_dir=tiny_dir).separate(audio)
+    m = load_demucs("tiny_htdemucs", "cpu", model_dir=tiny_dir, precision="bf16")
+    fb = _OOM[m.models[0]]
+    fb.fallback_device = torch.device("cpu")
+    fb.pinned = True                                   # every chunk goes to the fall-back copy
+    out = m.separate(audio)
+    assert fb.fallback_net is not None
+    assert max_diff(fp32, out) <= 1e-5
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fp16_and_batches_match_cpu(tiny_dir):
+    """On a GPU: fp32 equals the CPU to float rounding, batched chunks equal unbatched ones,
+    and fp16 autocast stays close to fp32."""
+    audio = fx.noise(3.0, seed=13)
+    cpu = load_demucs("tiny_htdemucs", "cpu", model_dir=tiny_dir).separate(audio)
+    gpu = load_demucs("tiny_htdemucs", "cuda", model_dir=tiny_dir).separate(audio)
+    assert _snr(cpu, gpu) > 60.0
+    batched = load_demucs("tiny_htdemucs", "cuda", model_dir=tiny_dir, batch=4).separate(audio)
+    assert _snr(gpu, batched) > 60.0
+    half = load_demucs("tiny_htdemucs", "cuda", model_dir=tiny_dir, precision="fp16", batch=4).separate(audio)
+    assert all(half[s].dtype == np.float32 for s in half)
+    assert _snr(gpu, half) > 35.0

@@ -417,6 +417,29 @@ def _track_oom(model: torch.nn.Module, device: torch.device, batch: int, name: s
     return fallback
 
 
+#: ``precision`` -> autocast dtype of the forward passes (None: plain float32)
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision for one forward pass on ``device``: convolutions, linear layers and
+    attention in ``dtype``; autocast keeps the norms, softmax and the STFT / iSTFT in float32
+    (HTDemucs de-normalises in float32 before its masks, so the complex spectrograms stay
+    complex64).  A plain context for float32 (and for the float32 CPU copy of the
+    out-of-memory fall-back)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``; to a GPU through page-locked memory (an asynchronous copy,
+    ordered before the forward pass's kernels on the same stream)."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 class _Unit:
     """One (sub-model, shift) pass of apply_model(split=True) over a stream.
 
@@ -425,10 +448,11 @@ class _Unit:
     ``self.out`` (a FIFO of (S, C, n) tensors)."""
 
     def __init__(self, model, *, segment: float | None, overlap: float, transition_power: float,
-                 prefix: int, channels: int, device: torch.device) -> None:
+                 prefix: int, channels: int, device: torch.device, dtype: torch.dtype | None = None) -> None:
         from demucs.htdemucs import HTDemucs
         self.model = model
         self.device = device
+        self.dtype = dtype
         self.channels = channels
         self.nsrc = len(model.sources)
         seg = segment if segment is not None else model.segment
@@ -525,8 +549,8 @@ class _Unit:
         done: dict[int, torch.Tensor] = {}
 
         def step(model: torch.nn.Module, device: torch.device, lo: int, hi: int) -> None:
-            with torch.inference_mode():
-                out = model(x[lo:hi].to(device)).to("cpu")
+            with torch.inference_mode(), _autocast(device, self.dtype if model is self.model else None):
+                out = model(_to_device(x[lo:hi], device)).float().to("cpu")
             done.update((lo + i, center_trim(out[i:i + 1], ns[lo + i])[0]) for i in range(hi - lo))
 
         fallback = _OOM.get(self.model) or _track_oom(self.model, self.device, len(windows),
@@ -598,13 +622,17 @@ class DemucsModel(LoadedModel):
       vs 2.73 s one by one, with the malloc settings of :mod:`.allocator`; without them
       batching was slower from page faults) and adds ~400 MB of peak memory.  Results equal
       unbatched ones to float rounding.  Out of memory, a batch is split (see :mod:`.oom`).
+    * ``precision`` (default fp32): ``fp16`` (CUDA only) or ``bf16`` run the forward passes
+      under autocast (see :func:`_autocast`); inputs go to a GPU through pinned memory.
     """
 
     def __init__(self, spec: ModelSpec, device: str, bag, *, shifts: int = 0, overlap: float = 0.25,
                  segment: float | None = None, jobs: int = 1, transition_power: float = 1.0,
-                 seed: int | None = None, batch: int = 1) -> None:
+                 seed: int | None = None, batch: int = 1, precision: str = "fp32") -> None:
         super().__init__(spec, device)
         self.batch = max(1, int(batch))
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
         from demucs.apply import BagOfModels
         self.bag = bag
         if isinstance(bag, BagOfModels):
@@ -670,7 +698,7 @@ class DemucsModel(LoadedModel):
                 prefixes = [0]
             groups.append([_Unit(model, segment=self.segment, overlap=self.overlap,
                                  transition_power=self.transition_power, prefix=p, channels=C,
-                                 device=self._device) for p in prefixes])
+                                 device=self._device, dtype=self.dtype) for p in prefixes])
         units = [u for g in groups for u in g]
         totals = [0.0] * len(self.sources)
         for ws in self.weights:
@@ -756,6 +784,19 @@ class DemucsModel(LoadedModel):
 
 # =========================================================================== entry point
 
+def _precision(precision: str | None, device: str) -> str:
+    """``auto`` (or None) -> fp32: half precision is an explicit choice for Demucs (its effect
+    on trained weights' SDR is not measured here); fp16 needs a CUDA device."""
+    precision = precision or "auto"
+    if precision == "auto":
+        return "fp32"
+    if precision not in PRECISIONS:
+        raise invalid_argument(f"precision must be fp32, fp16, bf16 or auto, got {precision!r}")
+    if precision == "fp16" and torch.device(device).type != "cuda":
+        raise invalid_argument("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return precision
+
+
 def _validate(shifts, overlap, segment, jobs) -> None:
     if not isinstance(shifts, int) or isinstance(shifts, bool) or shifts < 0:
         raise invalid_argument(f"shifts must be an integer >= 0, got {shifts!r}")
@@ -771,7 +812,7 @@ def _validate(shifts, overlap, segment, jobs) -> None:
 def load_demucs(name: str, device: str | None = None, *, model_dir: str | os.PathLike | None = None,
                 shifts: int = 0, overlap: float = 0.25, segment: float | None = None, jobs: int = 1,
                 transition_power: float = 1.0, seed: int | None = None, allow_download: bool = True,
-                spec: ModelSpec | None = None, batch: int = 1) -> DemucsModel:
+                spec: ModelSpec | None = None, batch: int = 1, precision: str | None = None) -> DemucsModel:
     """Load Demucs model / bag ``name`` from the local repo of ``model_dir`` (downloading
     it first when missing, allowed and online).  Raises ModelUnavailable (not installed,
     corrupt, needs diffq...) or CIError InvalidArgument (bad knobs)."""
@@ -779,6 +820,7 @@ def load_demucs(name: str, device: str | None = None, *, model_dir: str | os.Pat
     if transition_power < 1:
         raise invalid_argument("transition_power must be >= 1")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = _precision(precision, device)
     repo, entry = resolve_repo(name, model_dir, allow_download=allow_download)
     bag = _load_bag(name, repo, entry)
     for sub in getattr(bag, "models", [bag]):
@@ -793,7 +835,7 @@ def load_demucs(name: str, device: str | None = None, *, model_dir: str | os.Pat
                                f"catalogue says {list(spec.sources)}")
     model = DemucsModel(spec, device, bag, shifts=shifts, overlap=float(overlap), segment=segment,
                         jobs=max(1, jobs), transition_power=transition_power, seed=seed,
-                        batch=batch)
+                        batch=batch, precision=precision)
     if segment is not None and float(segment) > model.max_segment:
         raise invalid_argument(
             f"segment {segment} s is longer than model {name} allows: Transformer models cannot "
@@ -803,10 +845,9 @@ def load_demucs(name: str, device: str | None = None, *, model_dir: str | os.Pat
 
 def load(spec: ModelSpec, device: str, **options) -> DemucsModel:
     """Registry factory: ``register(spec, load)``."""
-    for knob in ("wiener", "precision"):
-        if options.pop(knob, None) not in (None, False, "fp32"):
-            raise invalid_argument(f"{knob} applies to the bundled spleeter-2stems model, "
-                                   f"not to Demucs model {spec.name}")
+    if options.pop("wiener", None) not in (None, False):
+        raise invalid_argument(f"wiener applies to the bundled spleeter-2stems model, "
+                               f"not to Demucs model {spec.name}")
     return load_demucs(spec.name, device, spec=spec, **options)
 
 
