@@ -90,14 +90,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segment", type=float, help="Demucs: chunk length in seconds "
                    "(at most the model's training segment)")
     p.add_argument("--jobs", type=int, help="Demucs: chunks computed concurrently (default 1)")
-    p.add_argument("--batch", type=int, help="chunks (Demucs, default 1) or 11.9 s U-Net segments "
+    p.add_argument("--batch", type=int, help="chunks (Demucs, default 1 on CPU, 8 on CUDA) or 11.9 s U-Net segments "
                    "(bundled model, default 2) per forward pass: more memory; helps on GPUs")
     p.add_argument("--wiener", action="store_true", help="bundled model: multichannel Wiener "
                    "filter on the vocals (+0.1 dB vocals, +0.1 dB background; ~25 %% more time)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                    help="arithmetic of the network. Bundled model: default auto = bf16 on CPUs with "
-                   "native bf16 (AMX/AVX512-BF16: ~1.7x faster, SDR within 0.03 dB), else fp32. "
-                   "Demucs: auto = fp32; fp16 / bf16 run it under autocast. fp16 on CUDA only")
+                   "native bf16 (AMX/AVX512-BF16: ~1.7x faster, SDR within 0.03 dB), fp16 on CUDA "
+                   "(SDR within 0.002 dB), else fp32. "
+                   "Demucs: auto = fp32; fp16 / bf16 run it under autocast (bf16 on a CPU is slower). "
+                   "fp16 on CUDA only")
     p.add_argument("--model-dir", dest="model_dir",
                    help="directory of Demucs weights (default $SEPARATOR_MODEL_DIR or ~/.cache/separator/models)")
 

@@ -282,3 +282,44 @@ def test_allocator_tuning_keeps_freed_activations_in_the_heap():
     assert on["tuned"] and on["again"] and not off["tuned"]
     assert off["faults"] > 100_000, off          # every forward maps its activations afresh
     assert on["faults"] < off["faults"] / 10, (on, off)
+
+
+# --------------------------------------------------------------------------- group norms (CUDA rewrite)
+@pytest.mark.parametrize("groups,shape,affine", [(1, (3, 8, 500), True), (4, (2, 8, 7, 33), True),
+                                                 (1, (2, 6, 9, 40), False)])
+def test_fast_group_norm_equals_group_norm(groups, shape, affine):
+    torch.manual_seed(5)
+    gn = nn.GroupNorm(groups, shape[1], eps=1e-5, affine=affine)
+    if affine:
+        with torch.no_grad():
+            gn.weight.normal_()
+            gn.bias.normal_()
+    fast = demucs_speed.FastGroupNorm(gn)
+    x = torch.randn(*shape) * 3 + 1
+    with torch.inference_mode():
+        want, got = gn(x), fast(x)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        half_in = fast(x.bfloat16())
+    assert half_in.dtype == torch.float32                  # statistics in float32, as autocast's group_norm
+    assert torch.allclose(half_in, gn(x.bfloat16().float()), atol=1e-4, rtol=1e-4)
+
+
+def test_group_norm_rewrite_is_for_cuda_models_only():
+    from demucs.htdemucs import HTDemucs
+    torch.manual_seed(6)
+    stock = HTDemucs(sources=["drums", "bass", "other", "vocals"], channels=8, depth=2, t_layers=1,
+                     norm_starts=0, segment=1).eval()
+    cpu_model, cuda_model = copy.deepcopy(stock), copy.deepcopy(stock)
+    assert optimize(cpu_model)["group_norm"] == 0
+    counts = optimize(cuda_model, "cuda")                  # rewrites only; nothing is moved
+    assert counts["group_norm"] == sum(type(m) is nn.GroupNorm for m in stock.modules()) > 0
+    assert not any(type(m) is nn.GroupNorm for m in cuda_model.modules())
+    x = torch.from_numpy(fx.noise(1.0, seed=7).T.copy())[None]
+    with torch.inference_mode():
+        want, got = stock(x), cuda_model(x)
+    sdr = 10 * torch.log10((want ** 2).sum() / ((want - got) ** 2).sum())
+    assert sdr > 100, float(sdr)
+    a, b = stock.state_dict(), cuda_model.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
