@@ -19,6 +19,7 @@ Sections (each one's figures are written as soon as they are measured):
   card, ours (fp32 / fp16, batch 1 / 8) against demucs's own ``apply_model`` on the same card
   (what ``demucs.separate`` runs), 60 s and 10 min; SDR between the outputs.
 * ``forward``: one batch of 8 HTDemucs windows through demucs's modules and through ours.
+* ``parity``: demucs on the CPU and on the card, and ours against each (TF32 off).
 * ``oom``: a memory cap makes the batch not fit: the fall-back halves it, then runs a chunk
   on the CPU; outputs are compared with the uncapped run.
 * ``spleeter``: the bundled model, fp32 / fp16 / bf16, 60 s and 10 min; the global SDR of
@@ -244,6 +245,34 @@ def section_forward(args) -> None:
         del model
 
 
+def section_parity(args, mixes) -> None:
+    """12 s, HTDemucs-size, TF32 off: demucs on the CPU against demucs on the card, and ours
+    against demucs on each (how far a CPU fall-back can be from a GPU run at best)."""
+    global DEVICE
+    from separator.core.demucs_backend import load_demucs
+    repo = _demucs_repo(args)
+    audio = tiled(mixes, 12)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    device = DEVICE
+    try:
+        DEVICE = "cpu"
+        ref_cpu = _demucs_reference(repo)(audio)
+        DEVICE = device
+        ref_gpu = _demucs_reference(repo)(audio)
+        ours_cpu = load_demucs("bench_htdemucs", "cpu", model_dir=repo.parent, batch=1).separate(audio)
+        ours_gpu = load_demucs("bench_htdemucs", DEVICE, model_dir=repo.parent, batch=1).separate(audio)
+    finally:
+        DEVICE = device
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    res = RESULT["parity"] = {"seconds": 12, "tf32": False,
+                              "demucs_cpu_vs_demucs_gpu_db": stems_snr(ref_cpu, ref_gpu),
+                              "ours_cpu_vs_demucs_cpu_db": stems_snr(ref_cpu, ours_cpu),
+                              "ours_gpu_vs_demucs_gpu_db": stems_snr(ref_gpu, ours_gpu)}
+    log(f"  parity: {res}")
+    save()
+
+
 def section_oom(args, mixes) -> None:
     """Cap the card's memory so that a batch of 16 HTDemucs chunks does not fit, then so
     that one chunk does not either."""
@@ -346,7 +375,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="folder of song .npz files")
     p.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "cuda")
-    p.add_argument("--sections", default="demucs,forward,oom,spleeter")
+    p.add_argument("--sections", default="demucs,forward,parity,oom,spleeter")
     p.add_argument("--calls", type=int, default=3, help="warm calls per 60 s measurement")
     p.add_argument("--short", type=int, default=60, help="seconds of the short input")
     p.add_argument("--long", type=int, default=600, help="seconds of the long input")
@@ -372,6 +401,8 @@ def main(argv=None) -> int:
                 section_demucs(args, [m for _, m, _ in data])
             elif name == "forward":
                 section_forward(args)
+            elif name == "parity":
+                section_parity(args, [m for _, m, _ in data])
             elif name == "oom":
                 section_oom(args, [m for _, m, _ in data])
             elif name == "spleeter":

@@ -161,9 +161,40 @@ def _summary(res: dict) -> list[str]:
     if svc.get("warm_median_latency_s"):
         rows.append([f"service: submit → Success, {svc['clip_s']} s mp3 clip, warm worker", "–",
                      f"{f(svc['warm_median_latency_s'])} s ({f(svc['warm_xrt'], 1)}× realtime)", "–"])
+    rows += _cuda_summary(cuda_results())
     if not rows:
         return []
     return ["## Summary", "", table(["what", "goal (issue 6)", "measured", "met"], rows), ""]
+
+
+def _cuda_summary(c: dict) -> list[list]:
+    card = (c.get("env") or {}).get("card")
+    d, sp = c.get("demucs") or {}, c.get("spleeter") or {}
+    rows = []
+    for secs in (60, 600):
+        base, ours = d.get(f"reference_{secs}"), d.get(f"ours_fp32_b8_{secs}")
+        if card and base and ours:
+            half = d.get(f"ours_fp16_b8_{secs}")
+            rows.append([f"CUDA ({card}, section 5): HTDemucs-size x-realtime, {secs} s, ours (default: fp32, 8 chunks "
+                         "per pass) vs demucs `apply_model` on the same card", "measure and record",
+                         f"{f(ours['xrt'], 0)}× vs {f(base['xrt'], 0)}× ({base['median_s'] / ours['median_s']:.2f}×)"
+                         + (f"; fp16 {f(half['xrt'], 0)}×" if half else ""), "recorded"])
+    r = sp.get("fp16_b8_60")
+    if card and r:
+        rows.append([f"CUDA ({card}): bundled model x-realtime, 60 s in memory, fp16", "measure and record",
+                     f"{f(r['xrt'], 0)}×, peak GPU {mib(r.get('gpu_peak_mib'))} MiB", "recorded"])
+    ch = sp.get("fp16_sdr_change_db")
+    if card and ch:
+        worst = max(ch[s]["max_abs"] for s in ch)
+        rows.append([f"CUDA: fp16 keeps quality (bundled model, global SDR vs ground truth, {len(sp.get('songs', []))} songs)",
+                     "change < 0.05 dB", f"at most {worst:.4f} dB (median {ch['vocals']['median']:+.4f})",
+                     verdict(worst < 0.05)])
+    o = c.get("oom") or {}
+    if card and o:
+        ok = all(k in o for k in ("batch_split", "cpu_chunk")) and o["cpu_chunk"]["cpu_copy_made"]
+        rows.append(["CUDA: out of memory falls back (smaller batches, then CPU) instead of failing",
+                     "completes", "both capped runs completed (section 5)" if ok else "see section 5", verdict(ok)])
+    return rows
 
 
 def _spleeter(res: dict) -> list[str]:
@@ -362,6 +393,111 @@ def _service(res: dict) -> list[str]:
             table(["job", "worker", "state", "submit call s", "submit → Success s", "x-realtime"], rows), ""]
 
 
+CUDA_FILE = Path(__file__).resolve().parent / "cuda_results.json"
+
+
+def cuda_results() -> dict:
+    """The figures of ``benchmarks/cuda.py`` (run on a GPU machine, kept beside this file)."""
+    try:
+        return json.loads(CUDA_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _xrt_row(label: str, r: dict | None, base: dict | None = None, extra: str | None = "") -> list:
+    """[label, s, x-realtime, (ratio to base), peak GPU MiB, (extra)]: no ratio / extra column
+    when ``base`` / ``extra`` is None."""
+    ratio = ("–" if not (r and base) else f"{base['median_s'] / r['median_s']:.2f}×") if base is not False else None
+    cells = [label, f(r["median_s"], 3), f"{f(r['xrt'], 0)}×"] if r else [label, "–", "–"]
+    if ratio is not None:
+        cells.append(ratio)
+    cells.append(mib(r.get("gpu_peak_mib")) if r else "–")
+    if extra is not None:
+        cells.append(extra)
+    return cells
+
+
+def _cuda(c: dict) -> list[str]:
+    env = c.get("env")
+    if not env or "card" not in env:
+        return []
+    L = ["## 5. CUDA (measured separately on a GPU)", "",
+         f"`python benchmarks/cuda.py` on an **{env['card']}** ({env.get('gpu_memory_gib')} GiB, "
+         f"{env.get('multiprocessors')} SMs), {env.get('cpu_count')} CPU cores, torch {env.get('torch')}, CUDA "
+         f"{env.get('cuda')}, {env['date']}. `make bench` needs no GPU and does not re-run these: they are kept in "
+         "`benchmarks/cuda_results.json` with the card they came from. Real music (4 dev songs, repeated to length) "
+         "held in memory: separation only (decode and mp3 encode run on the CPU as everywhere else). Times: median of "
+         "3 warm calls for 60 s, one call (model loaded and warmed up) for 600 s. GPU memory: "
+         "`torch.cuda.max_memory_allocated`.", ""]
+    d = c.get("demucs") or {}
+    if d:
+        rows = []
+        for secs in (60, 600):
+            base = d.get(f"reference_{secs}")
+            rows.append(_xrt_row(f"demucs `apply_model` (what `demucs.separate` runs), {secs} s", base))
+            for key, label in (("fp32_b1", "fp32, 1 chunk per pass"), ("fp32_b8", "fp32, 8 chunks per pass (default)"),
+                               ("fp16_b8", "fp16 autocast, 8 chunks"), ("fp16_b16", "fp16 autocast, 16 chunks")):
+                r = d.get(f"ours_{key}_{secs}")
+                if r:
+                    rows.append(_xrt_row(f"ours, {label}, {secs} s", r, base,
+                                         f"{f(r.get('sdr_vs_reference_db'), 1)} dB"))
+        L += [f"HTDemucs-size model ({d.get('model', '')}), ours against demucs's own inference on the same card "
+              "in the same run:", "",
+              table(["run", "s", "x-realtime", "speed vs demucs", "peak GPU MiB", "SDR vs demucs"], rows), "",
+              f"fp16 against fp32 (ours): {f(d.get('fp16_vs_fp32_sdr_db'), 1)} dB SDR between the outputs (random "
+              f"weights: trained weights' SDR change not measurable here); 8 chunks against 1: "
+              f"{f(d.get('batch8_vs_batch1_sdr_db'), 1)} dB (cuDNN runs fp32 convolutions in TF32 by default, "
+              "for demucs and us alike).", ""]
+    fw = c.get("forward_b8_ms") or {}
+    if fw:
+        rows = [[label, f(fw.get(f"{k}_fp32"), 1), f(fw.get(f"{k}_fp16"), 1)]
+                for k, label in (("stock", "demucs's modules"), ("cpu_rewrites", "+ our CPU rewrites (polyphase)"),
+                                 ("cuda_rewrites", "+ group norms as var_mean (what runs on CUDA)"))]
+        L += ["One forward pass of 8 HTDemucs windows (7.8 s each), ms:", "",
+              table(["model", "fp32", "fp16 autocast"], rows), ""]
+    o = c.get("oom") or {}
+    if o:
+        rows = []
+        for key, label in (("batch_split", "batch does not fit"), ("cpu_chunk", "one chunk does not fit")):
+            r = o.get(key)
+            if r:
+                rows.append([label, f"{f(r['cap_mib'], 0)} MiB (uncapped peak {f(r['uncapped_peak_mib'], 0)})",
+                             f"{f(r['seconds'], 0)} s", r["batch_reached"], "yes" if r["cpu_copy_made"] else "no",
+                             f"{f(r['sdr_vs_uncapped_db'], 1)} dB", f(r["time_s"], 1)])
+        L += ["Out of memory (a cap set with `torch.cuda.set_per_process_memory_fraction`, HTDemucs asked for 16 "
+              "chunks per pass): the batch is halved down to what fits, then a chunk runs on a CPU copy; the job "
+              "completes.", "",
+              table(["case", "cap", "input", "batch reached", "CPU copy used", "SDR vs uncapped", "s"], rows), ""]
+    par = c.get("parity") or {}
+    if par:
+        L += [f"The second row's SDR is the model's own CPU/GPU difference, not the fall-back's: with TF32 off, "
+              f"demucs on the CPU against demucs on the card gives {f(par.get('demucs_cpu_vs_demucs_gpu_db'), 1)} dB "
+              f"on this random-weight model ({par.get('seconds')} s), while ours matches demucs on each device "
+              f"({f(par.get('ours_cpu_vs_demucs_cpu_db'), 1)} dB on the CPU, {f(par.get('ours_gpu_vs_demucs_gpu_db'), 1)} dB "
+              "on the card)." + (f" {c['tf32']['note']}." if (c.get("tf32") or {}).get("note") else ""), ""]
+    sp = c.get("spleeter") or {}
+    if sp:
+        rows = []
+        for key, label in (("fp32_b2", "fp32, 2 segments per pass"), ("fp32_b8", "fp32, 8 segments"),
+                           ("fp16_b8", "fp16 (auto on CUDA), 8 segments"), ("bf16_b8", "bf16, 8 segments")):
+            for secs in (60, 600):
+                r = sp.get(f"{key}_{secs}")
+                if r:
+                    rows.append(_xrt_row(f"{label}, {secs} s", r, False, None))
+        L += ["Bundled model (Spleeter 2 stems weights):", "",
+              table(["run", "s", "x-realtime", "peak GPU MiB"], rows), ""]
+        ch = []
+        for prec in ("fp16", "bf16"):
+            v = sp.get(f"{prec}_sdr_change_db")
+            if v:
+                ch.append(f"{prec}: median {v['vocals']['median']:+.4f} dB, at most {v['vocals']['max_abs']:.4f} dB "
+                          f"(vocals; accompaniment {v['accompaniment']['median']:+.4f} / {v['accompaniment']['max_abs']:.4f})")
+        if ch:
+            L += [f"Global SDR against the ground truth, change from fp32 on the card, songs {', '.join(sp.get('songs', []))}: "
+                  + "; ".join(ch) + f". fp32 on the card against fp32 on the CPU: {f(sp.get('fp32_gpu_vs_cpu_snr_db'), 1)} dB.", ""]
+    return L
+
+
 def _errors(res: dict) -> list[str]:
     errs = res.get("errors") or {}
     if not errs:
@@ -373,7 +509,8 @@ def _errors(res: dict) -> list[str]:
 
 
 def render(res: dict) -> str:
-    lines = _machine(res) + _summary(res) + _spleeter(res) + _demucs(res) + _quality(res) + _service(res) + _errors(res)
+    lines = (_machine(res) + _summary(res) + _spleeter(res) + _demucs(res) + _quality(res) + _service(res)
+             + _cuda(cuda_results()) + _errors(res))
     lines += ["", "Every figure (and each child's command line, CPU times and load averages) is in `results.json`. "
               "How to run and what each figure means: `benchmarks/README.md`.", ""]
     return "\n".join(lines)
