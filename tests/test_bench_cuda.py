@@ -1,0 +1,61 @@
+"""benchmarks/cuda.py (the GPU measurements) and its place in the report, checked without a GPU."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import report  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+BEARLIN = DATA / "sisec2011-music-dev-pyroomacoustics" / "Bearlin_Roads" / "dev1__bearlin-roads__tracks"
+
+
+def test_report_renders_the_recorded_cuda_figures():
+    """Section 5 and the summary rows come from benchmarks/cuda_results.json, with its card."""
+    c = report.cuda_results()
+    if not c:
+        pytest.skip("no CUDA figures recorded")
+    res = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    text = report.render(res)
+    assert "## 5. CUDA" in text and c["env"]["card"] in text
+    d = c["demucs"]
+    ratio = d["reference_60"]["median_s"] / d["ours_fp32_b8_60"]["median_s"]
+    assert f"({ratio:.2f}×)" in text
+    worst = max(v["max_abs"] for v in c["spleeter"]["fp16_sdr_change_db"].values())
+    assert f"at most {worst:.4f} dB" in text
+    assert report._cuda({}) == [] and report._cuda_summary({}) == []
+
+
+@pytest.mark.skipif(not BEARLIN.is_dir(), reason=f"dev audio not found at {DATA}")
+def test_cuda_script_dry_runs_on_the_cpu(tmp_path):
+    """`--device cpu` runs the bundled-model section end to end on real music and writes
+    its figures: speed rows and the SDR change of the reduced precision per song."""
+    from separator.evaluate import decode
+    files = sorted(BEARLIN.glob("*.wav"))
+    voc = [f for f in files if f.name.endswith("__vocals.wav")][0]
+    rest = sum(decode(f)[: 3 * 44100] for f in files if f != voc)
+    np.savez(tmp_path / "song0.npz", name=np.array("Bearlin"), vocals=decode(voc)[: 3 * 44100],
+             accompaniment=rest.astype(np.float32))
+    out = tmp_path / "cuda.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cuda.py"), "--device", "cpu",
+                           "--out", str(out), "--data", str(tmp_path), "--sections", "spleeter",
+                           "--short", "4", "--long", "5", "--calls", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    sp = res["spleeter"]
+    assert sp["songs"] == ["Bearlin"]
+    assert sp["fp32_b2_4"]["seconds"] == 4.0 and sp["fp32_b2_4"]["xrt"] > 0
+    assert sp["bf16_b8_5"]["seconds"] == 5.0
+    fp32, bf16 = sp["global_sdr_db"]["fp32"]["Bearlin"], sp["global_sdr_db"]["bf16"]["Bearlin"]
+    assert fp32["vocals"] > 0 and np.isfinite(bf16["vocals"])
+    assert sp["bf16_sdr_change_db"]["vocals"]["median"] == pytest.approx(bf16["vocals"] - fp32["vocals"])
+    assert "errors" not in res
