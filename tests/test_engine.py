@@ -115,6 +115,69 @@ def test_music_mode_needs_a_four_stem_model(song_clip, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+# -- the probe runs beside the first decode and the model's first chunk ---------------------
+
+def test_probe_runs_beside_the_first_chunk(song_clip, tmp_path, monkeypatch):
+    """ffprobe no longer holds up decoding and the model: with a slow probe, the decoder has
+    started before the probe returns, and the outputs are the same as with a fast one."""
+    import time
+    from separator.jobs import engine
+
+    cfg = AudioConfig(codec="wav", samplerate=44100, channels=2)
+    fast = {"vocals": tmp_path / "fast_v.wav", "background": tmp_path / "fast_b.wav"}
+    separate_file(song_clip, fast, mode="AudioAndBackground", audio_config=cfg)
+    seen: dict[str, float] = {}
+    real_probe, real_iter = engine.probe, engine.Decoded.__iter__
+
+    def slow_probe(path):
+        time.sleep(0.5)
+        out = real_probe(path)
+        seen["probe_done"] = time.perf_counter()
+        return out
+
+    def first_iter(self):
+        seen.setdefault("decode_started", time.perf_counter())
+        return real_iter(self)
+
+    monkeypatch.setattr(engine, "probe", slow_probe)
+    monkeypatch.setattr(engine.Decoded, "__iter__", first_iter)
+    slow = {"vocals": tmp_path / "slow_v.wav", "background": tmp_path / "slow_b.wav"}
+    separate_file(song_clip, slow, mode="AudioAndBackground", audio_config=cfg)
+    assert seen["decode_started"] < seen["probe_done"] - 0.3
+    for role in fast:
+        assert slow[role].read_bytes() == fast[role].read_bytes()
+
+
+def test_mono_input_is_decoded_again_at_unity_gain(song_clip, tmp_path):
+    """The first decode assumes a stereo input; a mono one is decoded again with its channel
+    duplicated (not ffmpeg's -3 dB upmix), so its vocals are the separation of that."""
+    from separator.core import registry
+    mono = tmp_path / "mono.wav"
+    run_ffmpeg("-i", str(song_clip), "-ac", "1", "-c:a", "pcm_f32le", str(mono))
+    targets = {"vocals": tmp_path / "v.wav"}
+    separate_file(mono, targets, mode="IsAudio", audio_config=AudioConfig(codec="wav", samplerate=44100, channels=2),
+                  model="spleeter-2stems", device="cpu")
+    got = load_audio(targets["vocals"], 44100, 2)
+    dup = np.repeat(load_audio(mono, 44100, 1), 2, axis=1)
+    want = registry.load_model("spleeter-2stems", device="cpu").separate(dup)["vocals"]
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() < 2e-4          # 16-bit wav output
+    assert np.abs(want).max() > 0.05
+
+
+def test_input_errors_come_before_model_errors(synth, tmp_path):
+    """An unusable input with an unknown model reports the input, as when it was probed first;
+    nothing is written."""
+    out = tmp_path / "out"
+    with pytest.raises(CIError) as exc:
+        separate_file(synth("text_mp3"), {"vocals": out / "v.mp3"}, mode="IsAudio", model="no-such-model")
+    assert exc.value.code == "InvalidInput"
+    with pytest.raises(CIError) as exc:
+        separate_file(tmp_path / "missing.mp3", {"vocals": out / "v.mp3"}, mode="IsAudio", model="no-such-model")
+    assert exc.value.code == "InvalidInput"
+    assert not out.exists()
+
+
 # -- bad input: a clear error, nothing written --------------------------------------------
 
 @pytest.mark.parametrize("kind", ["empty", "text_mp3", "video_only_mp4", "truncated", "missing"])

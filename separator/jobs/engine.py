@@ -9,16 +9,19 @@ input, a model error or an encoder error therefore leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..core import registry
-from ..media import Encoder, EncodeSettings, MediaProbe, decode_stream, probe, resolve_encoding
+from ..media import Encoder, EncodeSettings, MediaProbe, decode_stream, probe, resolve_encoding, same_decode
 from ..request.model import AudioConfig
 from ..storage import atomic_file
 from .roles import ROLE_ORDER, check_model_supports, combine, roles_for_mode
@@ -26,6 +29,38 @@ from .roles import ROLE_ORDER, check_model_supports, combine, roles_for_mode
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (frames done, frames total)
+
+_END = object()
+
+
+def _in_thread(fn: Callable, *args) -> Future:
+    """``fn(*args)`` on a new daemon thread (one per call: nothing shared that a forked
+    worker process could inherit half-alive)."""
+    fut: Future = Future()
+
+    def run() -> None:
+        if fut.set_running_or_notify_cancel():
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                fut.set_exception(exc)
+
+    threading.Thread(target=run, name="separator-probe", daemon=True).start()
+    return fut
+
+
+class _ProbeAhead:
+    """Stands in for the input's :class:`MediaProbe` while ffprobe still runs: the decoder
+    starts as for an input of ``channels`` channels, and its truncation check (at the end of
+    the stream) reads the declared duration from the probe, known by then."""
+
+    def __init__(self, probing: Future, channels: int) -> None:
+        self._probing = probing
+        self.channels = channels
+
+    @property
+    def declared_duration(self) -> float | None:
+        return self._probing.result().declared_duration
 
 
 @dataclass(frozen=True)
@@ -106,36 +141,61 @@ def separate_file(
         raise CIError("InvalidArgument", f"AudioMode {mode} produces {', '.join(roles_for_mode(mode))}, "
                       "but no output object was named for any of them")
     cfg = audio_config or AudioConfig()
-    source = probe(input_path)
-    settings = resolve_encoding(cfg.codec, cfg.samplerate, cfg.bitrate, cfg.channels,
-                                source=source, music_mode=(mode == "MusicMode"))
 
-    name = model or registry.default_model(mode)
-    loaded = registry.load_model(name, device=device, **dict(model_options or {}))
-    check_model_supports(mode, loaded.sources, name)
-    sr, ch = loaded.samplerate, loaded.audio_channels
-    total = int(round(source.duration * sr)) if source.duration else 0
+    def checked_input() -> tuple[MediaProbe, EncodeSettings]:
+        source = probing.result()                    # InputError for a missing / non-media file
+        return source, resolve_encoding(cfg.codec, cfg.samplerate, cfg.bitrate, cfg.channels,
+                                        source=source, music_mode=(mode == "MusicMode"))
+
+    # ffprobe (~0.06 s, mostly loading its libraries) runs beside the model load, the first
+    # decode and the model's first chunk: the probe is needed only by the encoders (and the
+    # decoder of a mono input, which is then restarted).  The input's own errors still come
+    # first, as if it had been probed first.
+    probing = _in_thread(probe, input_path)
+    done = 0
+
+    def on_progress(frames: int) -> None:
+        nonlocal done
+        done += frames
+        if progress and probing.done() and probing.exception() is None:
+            dur = probing.result().duration
+            progress(done, max(int(round(dur * sr)) if dur else 0, done))
+
+    stream = None
+    try:
+        name = model or registry.default_model(mode)
+        loaded = registry.load_model(name, device=device, **dict(model_options or {}))
+        check_model_supports(mode, loaded.sources, name)
+        sr, ch = loaded.samplerate, loaded.audio_channels
+        decoded = Decoded(input_path, sr, ch, _ProbeAhead(probing, ch))
+        stream = loaded.separate_stream(decoded, progress=on_progress)
+        first = next(stream, _END)
+        source, settings = checked_input()
+        if not same_decode(source.channels, ch, ch):   # a mono input: decode it again, duplicated
+            stream.close()
+            done = 0
+            decoded = Decoded(input_path, sr, ch, source)
+            stream = loaded.separate_stream(decoded, progress=on_progress)
+            first = next(stream, _END)
+    except BaseException as exc:
+        if stream is not None:
+            stream.close()
+        if isinstance(exc, Exception):      # not for Ctrl-C: that stays an interruption
+            checked_input()
+        raise
 
     final = {r: Path(targets[r]) for r in roles}
     with contextlib.ExitStack() as stack:
+        stack.callback(stream.close)
         tmp = {r: stack.enter_context(atomic_file(final[r])) for r in roles}
         encoders = {r: stack.enter_context(Encoder(tmp[r], settings, sr, ch)) for r in roles}
-        done = 0
-
-        def on_progress(frames: int) -> None:
-            nonlocal done
-            done += frames
-            if progress:
-                progress(done, max(total, done))
-
-        decoded = Decoded(input_path, sr, ch, source)
         # The mixture again, frame-aligned with the model's output, for the residual background
         # (not needed when the model's sources already sum to its input).
         need_mix = "background" in roles and not loaded.sources_sum_to_input
         mixture = Reblocker(iter(decoded)) if need_mix else None
         if mixture is not None:
             stack.callback(mixture.close)
-        for block in loaded.separate_stream(decoded, progress=on_progress):
+        for block in itertools.chain(() if first is _END else (first,), stream):
             frames = len(next(iter(block.values())))
             mix = mixture.take(frames) if mixture is not None else None
             outs = combine(block, roles, mode, mix)

@@ -38,7 +38,7 @@ from ..errors import InputError
 from .ffmpeg import ffmpeg_exe, has_soxr
 from .probe import MediaProbe, _file_url, probe
 
-__all__ = ["decode_stream", "load_audio"]
+__all__ = ["decode_stream", "load_audio", "same_decode"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,12 @@ def _resample_filter(in_channels: int | None = None, out_channels: int | None = 
         chain.append("pan=stereo|c0=c0|c1=c0")
     chain.append("aresample=resampler=soxr" if has_soxr() else "aresample")
     return ",".join(chain)
+
+
+def same_decode(in_channels_a: int | None, in_channels_b: int | None, out_channels: int) -> bool:
+    """Whether inputs of these two channel counts are decoded to ``out_channels`` by the same
+    command (only a mono input that becomes stereo needs its own filter)."""
+    return _resample_filter(in_channels_a, out_channels) == _resample_filter(in_channels_b, out_channels)
 
 
 def _decode_cmd(path: str, samplerate: int, channels: int, in_channels: int) -> list[str]:
