@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from .transfer import to_device, to_host
+
 #: ``fn(x[C, (m - 1) H + L]) -> y[S, C, (m - 1) H + L]``: the overlap-added synthesis of the
 #: ``m`` frames of ``x`` (window and scaling applied, not cropped), for ``S`` outputs.
 SynthesisFn = Callable[[torch.Tensor], torch.Tensor]
@@ -105,7 +107,6 @@ def stft_frame_stream(
     carry: np.ndarray | None = None        # (S, L - H, C): the next chunk's head, partly summed
     it = iter(blocks)
     ended = False
-    to_cuda = torch.cuda.is_available() and torch.device(device).type == "cuda"
 
     while True:
         need = (M - 1) * H + L             # input samples of a full chunk
@@ -126,12 +127,8 @@ def stft_frame_stream(
         x = queue.peek(n_in)
         if len(x) < n_in:
             x = np.concatenate([x, np.zeros((n_in - len(x), channels), np.float32)], axis=0)
-        t = torch.from_numpy(np.ascontiguousarray(x.T))
-        if to_cuda:   # page-locked staging: an asynchronous copy, ordered before fn's kernels
-            t = t.pin_memory().to(device, non_blocking=True)
-        else:
-            t = t.to(device)
-        y = fn(t).to("cpu", torch.float32).numpy().transpose(0, 2, 1)    # (S, n_in, C)
+        t = to_device(torch.from_numpy(np.ascontiguousarray(x.T)), device)
+        y = to_host(fn(t).float()).numpy().transpose(0, 2, 1)    # (S, n_in, C)
         if carry is not None:
             y[:, : L - H] += carry
         start = max(pos, 0)

@@ -162,21 +162,25 @@ def separate_file(
             progress(done, max(int(round(dur * sr)) if dur else 0, done))
 
     stream = None
+
+    def start(info) -> tuple[Decoded, object]:
+        """Decode with ``info`` and run the model up to its first output."""
+        nonlocal stream
+        decoded = Decoded(input_path, sr, ch, info)
+        stream = loaded.separate_stream(decoded, progress=on_progress)
+        return decoded, next(stream, _END)
+
     try:
         name = model or registry.default_model(mode)
         loaded = registry.load_model(name, device=device, **dict(model_options or {}))
         check_model_supports(mode, loaded.sources, name)
         sr, ch = loaded.samplerate, loaded.audio_channels
-        decoded = Decoded(input_path, sr, ch, _ProbeAhead(probing, ch))
-        stream = loaded.separate_stream(decoded, progress=on_progress)
-        first = next(stream, _END)
+        decoded, first = start(_ProbeAhead(probing, ch))
         source, settings = checked_input()
         if not same_decode(source.channels, ch, ch):   # a mono input: decode it again, duplicated
             stream.close()
             done = 0
-            decoded = Decoded(input_path, sr, ch, source)
-            stream = loaded.separate_stream(decoded, progress=on_progress)
-            first = next(stream, _END)
+            decoded, first = start(source)
     except BaseException as exc:
         if stream is not None:
             stream.close()
