@@ -273,3 +273,16 @@ def global_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
 
 def python_exe() -> str:
     return sys.executable
+
+
+def ensure_bench_model(work: Path = WORK) -> Path:
+    """The benchmark's default-size HTDemucs (random weights) as a demucs repo under ``work``,
+    written by scripts/make_tiny_demucs.py on first use."""
+    repo = work / "models" / "demucs"
+    if not (repo / "bench_htdemucs.yaml").is_file():
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("make_tiny_demucs", ROOT / "scripts" / "make_tiny_demucs.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        mod.make_full_htdemucs(repo)
+    return repo

@@ -43,6 +43,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import ensure_bench_model  # noqa: E402
+
 SR = 44100
 RESULT: dict = {}
 OUT: Path | None = None
@@ -150,15 +152,7 @@ def section_env(args) -> None:
 
 
 def _demucs_repo(args) -> Path:
-    import importlib.util
-    repo = Path(args.work) / "models" / "demucs"
-    if not (repo / "bench_htdemucs.yaml").is_file():
-        spec = importlib.util.spec_from_file_location("make_tiny_demucs", ROOT / "scripts" / "make_tiny_demucs.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        repo.mkdir(parents=True, exist_ok=True)
-        mod.make_full_htdemucs(repo)
-    return repo
+    return ensure_bench_model(Path(args.work))
 
 
 def _demucs_reference(repo: Path):

@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import report  # noqa: E402
-from benchmarks.common import (BENCH, DATA, ROOT, SR, WORK, bench_env, decode_f32, global_sdr,  # noqa: E402
+from benchmarks.common import (BENCH, DATA, SR, WORK, bench_env, decode_f32, ensure_bench_model, global_sdr,  # noqa: E402
                                looped_input, machine_info, measure)
 
 SECTIONS = ("spleeter", "service", "quality", "demucs")
@@ -350,17 +350,6 @@ def section_quality(args, res: dict, budget: Budget) -> None:
 
 
 # =========================================================================== demucs
-def ensure_bench_model() -> Path:
-    repo = WORK / "models" / "demucs"
-    if not (repo / "bench_htdemucs.yaml").is_file():
-        import importlib.util
-        spec = importlib.util.spec_from_file_location("make_tiny_demucs", ROOT / "scripts" / "make_tiny_demucs.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        mod.make_full_htdemucs(repo)
-    return repo
-
-
 def same_stems_sdr(cli_dir: Path, ours_dir: Path, inp: Path) -> dict:
     """Global SDR of our stems against the CLI's (decoded files, the CLI's as the reference).
 
