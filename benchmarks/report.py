@@ -404,17 +404,9 @@ def cuda_results() -> dict:
         return {}
 
 
-def _xrt_row(label: str, r: dict | None, base: dict | None = None, extra: str | None = "") -> list:
-    """[label, s, x-realtime, (ratio to base), peak GPU MiB, (extra)]: no ratio / extra column
-    when ``base`` / ``extra`` is None."""
-    ratio = ("–" if not (r and base) else f"{base['median_s'] / r['median_s']:.2f}×") if base is not False else None
-    cells = [label, f(r["median_s"], 3), f"{f(r['xrt'], 0)}×"] if r else [label, "–", "–"]
-    if ratio is not None:
-        cells.append(ratio)
-    cells.append(mib(r.get("gpu_peak_mib")) if r else "–")
-    if extra is not None:
-        cells.append(extra)
-    return cells
+def _timing(r: dict | None) -> list[str]:
+    """Seconds and x-realtime of one cuda.py measurement."""
+    return [f(r["median_s"], 3), f"{f(r['xrt'], 0)}×"] if r else ["–", "–"]
 
 
 def _cuda(c: dict) -> list[str]:
@@ -434,13 +426,15 @@ def _cuda(c: dict) -> list[str]:
         rows = []
         for secs in (60, 600):
             base = d.get(f"reference_{secs}")
-            rows.append(_xrt_row(f"demucs `apply_model` (what `demucs.separate` runs), {secs} s", base))
+            rows.append([f"demucs `apply_model` (what `demucs.separate` runs), {secs} s", *_timing(base), "–",
+                         mib((base or {}).get("gpu_peak_mib")), ""])
             for key, label in (("fp32_b1", "fp32, 1 chunk per pass"), ("fp32_b8", "fp32, 8 chunks per pass (default)"),
                                ("fp16_b8", "fp16 autocast, 8 chunks"), ("fp16_b16", "fp16 autocast, 16 chunks")):
                 r = d.get(f"ours_{key}_{secs}")
                 if r:
-                    rows.append(_xrt_row(f"ours, {label}, {secs} s", r, base,
-                                         f"{f(r.get('sdr_vs_reference_db'), 1)} dB"))
+                    rows.append([f"ours, {label}, {secs} s", *_timing(r),
+                                 f"{base['median_s'] / r['median_s']:.2f}×" if base else "–",
+                                 mib(r.get("gpu_peak_mib")), f"{f(r.get('sdr_vs_reference_db'), 1)} dB"])
         L += [f"HTDemucs-size model ({d.get('model', '')}), ours against demucs's own inference on the same card "
               "in the same run:", "",
               table(["run", "s", "x-realtime", "speed vs demucs", "peak GPU MiB", "SDR vs demucs"], rows), "",
@@ -483,7 +477,7 @@ def _cuda(c: dict) -> list[str]:
             for secs in (60, 600):
                 r = sp.get(f"{key}_{secs}")
                 if r:
-                    rows.append(_xrt_row(f"{label}, {secs} s", r, False, None))
+                    rows.append([f"{label}, {secs} s", *_timing(r), mib(r.get("gpu_peak_mib"))])
         L += ["Bundled model (Spleeter 2 stems weights):", "",
               table(["run", "s", "x-realtime", "peak GPU MiB"], rows), ""]
         ch = []
