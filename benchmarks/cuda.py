@@ -155,10 +155,11 @@ def _demucs_repo(args) -> Path:
     return ensure_bench_model(Path(args.work))
 
 
-def _demucs_reference(repo: Path):
+def _demucs_reference(repo: Path, device: str | None = None):
     """demucs.separate's computation in process: normalise by the mix, apply_model on the card."""
     from demucs.apply import apply_model
     from demucs.pretrained import get_model
+    device = device or DEVICE
     model = get_model("bench_htdemucs", repo=repo)
     model.eval()
 
@@ -167,7 +168,7 @@ def _demucs_reference(repo: Path):
         ref = wav.mean(0)
         wav = (wav - ref.mean()) / (ref.std() + 1e-8)
         with torch.inference_mode():
-            out = apply_model(model, wav[None], device=DEVICE, shifts=0, split=True, overlap=0.25,
+            out = apply_model(model, wav[None], device=device, shifts=0, split=True, overlap=0.25,
                               progress=False, num_workers=0)[0]
         out = out * (ref.std() + 1e-8) + ref.mean()
         return {s: out[i].numpy().T for i, s in enumerate(model.sources)}
@@ -242,22 +243,17 @@ def section_forward(args) -> None:
 def section_parity(args, mixes) -> None:
     """12 s, HTDemucs-size, TF32 off: demucs on the CPU against demucs on the card, and ours
     against demucs on each (how far a CPU fall-back can be from a GPU run at best)."""
-    global DEVICE
     from separator.core.demucs_backend import load_demucs
     repo = _demucs_repo(args)
     audio = tiled(mixes, 12)
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    device = DEVICE
     try:
-        DEVICE = "cpu"
-        ref_cpu = _demucs_reference(repo)(audio)
-        DEVICE = device
+        ref_cpu = _demucs_reference(repo, "cpu")(audio)
         ref_gpu = _demucs_reference(repo)(audio)
         ours_cpu = load_demucs("bench_htdemucs", "cpu", model_dir=repo.parent, batch=1).separate(audio)
         ours_gpu = load_demucs("bench_htdemucs", DEVICE, model_dir=repo.parent, batch=1).separate(audio)
     finally:
-        DEVICE = device
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
     res = RESULT["parity"] = {"seconds": 12, "tf32": False,
                               "demucs_cpu_vs_demucs_gpu_db": stems_snr(ref_cpu, ref_gpu),
