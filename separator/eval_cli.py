@@ -319,9 +319,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     data_dir = Path(args.data_dir) if args.data_dir else DEFAULT_DATA
     if not data_dir.is_dir():
-        print(f"error: data folder {data_dir} not found"
+        what = "is a file, not a folder" if data_dir.exists() else "not found"
+        print(f"error: data folder {data_dir} {what}"
               + ("" if args.data_dir else " (give DATA_DIR)"), file=sys.stderr)
         return 2
+    if args.json_out and args.json_out != "-":
+        from .storage.local import writable_folder_problem
+        problem = writable_folder_problem(Path(args.json_out).absolute().parent)
+        if problem or Path(args.json_out).is_dir():
+            print(f"error: cannot write --json {args.json_out}: {problem or 'it is a folder'}", file=sys.stderr)
+            return 2
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
@@ -367,7 +374,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"\nseparation {report['separate_s']:.1f} s for {report['audio_s']:.1f} s of audio "
           f"({report['x_realtime']}x realtime, in memory), scoring {report['score_s']:.1f} s, load {load_s:.1f} s")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
+        from .storage.local import atomic_file
+        with atomic_file(args.json_out) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json_out}")
     return 0
 

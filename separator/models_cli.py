@@ -40,26 +40,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from .core.model_store import pull
-    from .errors import CIError
 
-    try:
-        for path in pull(args.name, args.model_dir, progress=sys.stderr.isatty(), force=args.force):
-            print(path)
-    except CIError as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        return 1
+    for path in pull(args.name, args.model_dir, progress=sys.stderr.isatty(), force=args.force):
+        print(path)
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .core.model_store import verify
-    from .errors import CIError
 
-    try:
-        checks = verify(args.model_dir, args.names or None)
-    except CIError as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        return 1
+    checks = verify(args.model_dir, args.names or None)
     for c in checks:
         print(f"{c.status:10s} {c.path.name}  {c.detail}")
     bad = [c for c in checks if not c.ok]

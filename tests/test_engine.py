@@ -150,7 +150,8 @@ def test_probe_runs_beside_the_first_chunk(song_clip, tmp_path, monkeypatch):
 
 def test_mono_input_is_decoded_again_at_unity_gain(song_clip, tmp_path):
     """The first decode assumes a stereo input; a mono one is decoded again with its channel
-    duplicated (not ffmpeg's -3 dB upmix), so its vocals are the separation of that."""
+    duplicated (not ffmpeg's -3 dB upmix), so its vocals are the separation of that, averaged
+    back to the one channel (Channels=2 then duplicates it)."""
     from separator.core import registry
     mono = tmp_path / "mono.wav"
     run_ffmpeg("-i", str(song_clip), "-ac", "1", "-c:a", "pcm_f32le", str(mono))
@@ -159,7 +160,8 @@ def test_mono_input_is_decoded_again_at_unity_gain(song_clip, tmp_path):
                   model="spleeter-2stems", device="cpu")
     got = load_audio(targets["vocals"], 44100, 2)
     dup = np.repeat(load_audio(mono, 44100, 1), 2, axis=1)
-    want = registry.load_model("spleeter-2stems", device="cpu").separate(dup)["vocals"]
+    stereo = registry.load_model("spleeter-2stems", device="cpu").separate(dup)["vocals"]
+    want = np.repeat(stereo.mean(axis=1, keepdims=True), 2, axis=1)
     assert got.shape == want.shape
     assert np.abs(got - want).max() < 2e-4          # 16-bit wav output
     assert np.abs(want).max() > 0.05

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 OnResult = Callable[[object, dict], None]
 OnDispatch = Callable[[object], None]
+OnProgress = Callable[[object, float], None]   # (item, seconds of audio separated so far)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,12 @@ def _worker_main(wid: int, spec: WorkerSpec, task_q, result_q, parent_pid: int) 
                 continue
             if item is None:
                 return
-            result_q.put((wid, process_item(item, spec.device, parent_pid=parent_pid)))
+
+            def progress(seconds: float, index: int = item.index) -> None:
+                result_q.put(("progress", wid, index, seconds))
+
+            result_q.put(("result", wid, process_item(item, spec.device, parent_pid=parent_pid,
+                                                      on_progress=progress)))
     except (KeyboardInterrupt, Orphaned):
         pass
 
@@ -88,7 +94,8 @@ class LocalBackend:
         devs = sorted({s.device or "auto" for s in self.specs})
         return f"{len(self.specs)} local worker(s) on {', '.join(devs)}, {self.specs[0].threads} thread(s) each"
 
-    def run(self, items: Iterable, on_result: OnResult, on_dispatch: OnDispatch | None = None) -> None:
+    def run(self, items: Iterable, on_result: OnResult, on_dispatch: OnDispatch | None = None,
+            on_progress: OnProgress | None = None) -> None:
         ctx = mp.get_context("spawn")
         result_q = ctx.Queue()
         me = os.getpid()
@@ -107,21 +114,26 @@ class LocalBackend:
             slots[next_wid] = _Slot(next_wid, spec, proc, task_q)
             next_wid += 1
 
-        def deliver(wid: int, res: dict) -> None:
+        def deliver(msg: tuple) -> None:
+            kind, wid = msg[0], msg[1]
             slot = slots.get(wid)
             if slot is None or slot.item is None:
                 return
+            if kind == "progress":
+                if on_progress is not None and slot.item.index == msg[2]:
+                    on_progress(slot.item, msg[3])
+                return
             item, slot.item = slot.item, None
-            on_result(item, res)
+            on_result(item, msg[2])
 
         def drain() -> bool:
             got = False
             while True:
                 try:
-                    wid, res = result_q.get_nowait()
+                    msg = result_q.get_nowait()
                 except queue.Empty:
                     return got
-                deliver(wid, res)
+                deliver(msg)
                 got = True
 
         def reap() -> None:
@@ -158,8 +170,7 @@ class LocalBackend:
                             on_dispatch(slot.item)
                         slot.task_q.put(slot.item)
                 try:
-                    wid, res = result_q.get(timeout=0.5)
-                    deliver(wid, res)
+                    deliver(result_q.get(timeout=0.5))
                 except queue.Empty:
                     pass
                 reap()
@@ -196,8 +207,10 @@ class InProcessBackend:
     def describe(self) -> str:
         return f"in-process on {self.device or 'auto'}"
 
-    def run(self, items: Iterable, on_result: OnResult, on_dispatch: OnDispatch | None = None) -> None:
+    def run(self, items: Iterable, on_result: OnResult, on_dispatch: OnDispatch | None = None,
+            on_progress: OnProgress | None = None) -> None:
         for item in items:
             if on_dispatch:
                 on_dispatch(item)
-            on_result(item, process_item(item, self.device))
+            report = None if on_progress is None else (lambda s, item=item: on_progress(item, s))
+            on_result(item, process_item(item, self.device, on_progress=report))

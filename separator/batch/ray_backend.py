@@ -119,7 +119,9 @@ class RayBackend:
         threads = max(1, int(self.cpus_per_worker))
         self._actors = [Actor.options(scheduling_strategy="SPREAD").remote(device, threads) for _ in range(n)]
 
-    def run(self, items: Iterable, on_result: OnResult, on_dispatch: OnDispatch | None = None) -> None:
+    def run(self, items: Iterable, on_result: OnResult, on_dispatch: OnDispatch | None = None,
+            on_progress=None) -> None:
+        """(``on_progress`` is not called: an input's audio counts when it is done.)"""
         ray = self.ray
         from ray.exceptions import RayActorError, RayError, RayTaskError
 

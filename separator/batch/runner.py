@@ -33,11 +33,13 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CIError
+from ..progress import AudioBar, clock, summary
 from ..storage.local import atomic_file
 from .plan import BatchItem, Defaults, Plan, build_plan
 from .state import BatchState, OutputLock, input_identity, sweep_temporaries
@@ -81,31 +83,48 @@ class BatchReport:
 # progress
 # ------------------------------------------------------------------------------------------------
 
-def _hms(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds == float("inf"):
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 class _Progress:
-    """tqdm on a terminal (files done/total, audio hours per hour, ETA); log lines otherwise."""
+    """Progress in seconds of audio: a bar on a terminal (named after the models and the
+    workers, with an ETA), or one log line per finished input; then the summary line.
 
-    def __init__(self, mode: str, total: int):
+    The inputs' lengths are probed on a background thread as the batch runs, so the total
+    grows while the first inputs are separated; running inputs count as far as their workers
+    report (local workers, about once a second)."""
+
+    def __init__(self, mode: str, items: list[BatchItem], label: str):
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "log"
         self.mode = mode
-        self.total = total
+        self.total = len(items)
         self.done = 0
         self.failed = 0
-        self.audio = 0.0
+        self.audio = 0.0                       # seconds of the inputs separated now
+        self.lengths: dict[int, float] = {}    # probed so far
+        self.running: dict[int, float] = {}    # seconds done of inputs being separated
+        self.finished = 0.0                    # seconds of the inputs finished (any status)
         self.started = time.perf_counter()
-        self.bar = None
-        if mode == "bar" and total:
-            from tqdm import tqdm
+        self.bar = AudioBar(label, always=True) if mode == "bar" and items else None
+        self._stop = threading.Event()
+        if items and mode != "none":
+            threading.Thread(target=self._probe_lengths, args=(items,), name="batch-lengths",
+                             daemon=True).start()
 
-            self.bar = tqdm(total=total, unit="file", desc="separating", dynamic_ncols=True,
-                            file=sys.stderr)
+    def _probe_lengths(self, items: list[BatchItem]) -> None:
+        from ..media import probe
+
+        for item in items:
+            if self._stop.is_set():
+                return
+            try:
+                seconds = float(probe(item.input).duration or 0.0)
+            except Exception:  # noqa: BLE001 - a bad input fails in its worker, with its message
+                seconds = 0.0
+            self.lengths[item.index] = seconds
+            if self.bar is not None:
+                self.bar.grow(seconds)
+
+    def _position(self) -> float:
+        return self.finished + sum(self.running.values())
 
     def rate(self) -> float:
         wall = time.perf_counter() - self.started
@@ -115,22 +134,25 @@ class _Progress:
         if self.mode == "none":
             return
         if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
+            self.bar.note(text)
         else:
             print(text, file=sys.stderr, flush=True)
 
-    def update(self, row: dict) -> None:
+    def progress(self, item: BatchItem, seconds: float) -> None:
+        self.running[item.index] = seconds
+        if self.bar is not None:
+            self.bar.update(self._position())
+
+    def update(self, row: dict, item: BatchItem) -> None:
         self.done += 1
+        self.running.pop(item.index, None)
+        self.finished += self.lengths.get(item.index) or row.get("audio_seconds") or 0.0
         if row["status"] == "ok":
             self.audio += row.get("audio_seconds") or 0.0
         if row["status"] == "failed":
             self.failed += 1
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed / self.done * (self.total - self.done) if self.done else None
         if self.bar is not None:
-            self.bar.set_postfix_str(f"{_hms(self.audio)} audio, {self.rate():.1f} audio h/h"
-                                     + (f", {self.failed} failed" if self.failed else ""), refresh=False)
-            self.bar.update(1)
+            self.bar.update(self._position())
             if row["status"] == "failed":
                 self.say(f"failed: {row['rel']}: {row['error']['code']}: {row['error']['message']}")
         elif self.mode == "log":
@@ -138,12 +160,15 @@ class _Progress:
                 what = f"ok {row['rel']} ({row.get('audio_seconds') or 0:.1f} s audio in {row['seconds']:.1f} s)"
             else:
                 what = f"failed {row['rel']}: {row['error']['code']}: {row['error']['message']}"
-            self.say(f"[{self.done}/{self.total}] {what}; {self.rate():.1f} audio h/h, ETA {_hms(eta)}")
+            known = sum(self.lengths.values())
+            left = known - self._position() if len(self.lengths) == self.total else None
+            eta = left / self.rate() if left is not None and self.rate() > 0 else None
+            self.say(f"[{self.done}/{self.total}] {what}; {self.rate():.1f} audio h/h, ETA {clock(eta)}")
 
     def close(self) -> None:
+        self._stop.set()
         if self.bar is not None:
             self.bar.close()
-            self.bar = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,7 +249,8 @@ def _run(plan: Plan, opts: BatchOptions, backend, out: Path, summary_path: Path,
         else:
             todo.append(item)
 
-    progress = _Progress(opts.progress, len(todo))
+    models = sorted({item.model for item in todo}) or [opts.defaults.model or "?"]
+    progress = _Progress(opts.progress, todo, f"batch ({', '.join(models)}; {backend.describe()})")
     n_skip = sum(1 for r in rows.values() if r["status"] == "skipped")
     n_bad = sum(1 for r in rows.values() if r["status"] == "failed")
     progress.say(f"batch: {len(plan.items)} input(s) in {plan.source}: {len(todo)} to separate, "
@@ -257,7 +283,7 @@ def _run(plan: Plan, opts: BatchOptions, backend, out: Path, summary_path: Path,
             except OSError as e:
                 row.update(status="failed", error={"code": "InternalError",
                                                    "message": f"cannot record completion: {e}"})
-        progress.update(row)
+        progress.update(row, item)
 
     interrupted = False
     prev_term = None
@@ -276,7 +302,7 @@ def _run(plan: Plan, opts: BatchOptions, backend, out: Path, summary_path: Path,
                 raise BatchError(f"cannot start the workers on {backend.describe()}: {type(e).__name__}: {e}") from None
         try:
             progress.say(f"running on {backend.describe()}")
-            backend.run(todo, on_result, on_dispatch)
+            backend.run(todo, on_result, on_dispatch, progress.progress)
         except KeyboardInterrupt:
             interrupted = True
             progress.say("interrupted: finished inputs are recorded; run the same command again to go on")
@@ -310,8 +336,8 @@ def _run(plan: Plan, opts: BatchOptions, backend, out: Path, summary_path: Path,
             for r in ordered + [totals]:
                 fh.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
     progress.say(f"done: {count['ok']} separated, {count['skipped']} skipped, {count['failed']} failed, "
-                 f"{count['ignored']} ignored, {count['pending']} pending; {audio / 3600:.3f} h of audio "
-                 f"in {_hms(wall)} ({totals['audio_hours_per_hour']} audio h/h); summary: {summary_path}")
+                 f"{count['ignored']} ignored, {count['pending']} pending; "
+                 + summary("audio", audio, wall).split(": ", 1)[1] + f"; summary: {summary_path}")
     if count["failed"]:
         progress.say("failed inputs:")
         for r in ordered:

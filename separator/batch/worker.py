@@ -45,8 +45,10 @@ class Orphaned(Exception):
     """The driver is gone: stop before writing anything."""
 
 
-def process_item(item, device: str | None = None, *, parent_pid: int | None = None) -> dict:
-    """Separate ``item``; return a result dict (``status`` ok/failed; outputs with size and md5)."""
+def process_item(item, device: str | None = None, *, parent_pid: int | None = None,
+                 on_progress=None) -> dict:
+    """Separate ``item``; return a result dict (``status`` ok/failed; outputs with size and md5).
+    ``on_progress(seconds)`` is told the seconds of audio separated so far (at most once a second)."""
     from ..jobs.engine import separate_file
     from ..request.model import AudioConfig
     from ..storage.local import file_md5
@@ -55,9 +57,15 @@ def process_item(item, device: str | None = None, *, parent_pid: int | None = No
     res: dict = {"index": item.index, "worker": f"{socket.gethostname()}:{os.getpid()}",
                  "device": device}
 
-    def progress(_done: int, _total: int) -> None:
+    last = [0.0]
+
+    def progress(done: float, _total: float) -> None:
         if parent_pid is not None and os.getppid() != parent_pid:
             raise Orphaned("the batch driver exited")
+        now = time.monotonic()
+        if on_progress is not None and now - last[0] >= 1.0:
+            last[0] = now
+            on_progress(done)
 
     try:
         result = separate_file(item.input, item.targets, mode=item.mode,

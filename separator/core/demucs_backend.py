@@ -799,16 +799,21 @@ def _precision(precision: str | None, device: str) -> str:
     return precision
 
 
+#: past this, each sample would be computed more than 10 times (compute grows as 1 / (1 - overlap))
+MAX_OVERLAP = 0.9
+
+
 def _validate(shifts, overlap, segment, jobs) -> None:
     if not isinstance(shifts, int) or isinstance(shifts, bool) or shifts < 0:
         raise invalid_argument(f"shifts must be an integer >= 0, got {shifts!r}")
-    if not isinstance(overlap, (int, float)) or not 0.0 <= float(overlap) < 1.0:
-        raise invalid_argument(f"overlap must be in [0, 1), got {overlap!r}")
+    if not isinstance(overlap, (int, float)) or not 0.0 <= float(overlap) <= MAX_OVERLAP:
+        raise invalid_argument(f"overlap must be between 0 and {MAX_OVERLAP} (a fraction of a chunk), "
+                               f"got {overlap!r}")
     if segment is not None and (not isinstance(segment, (int, float, Fraction)) or not segment > 0
                                 or not math.isfinite(float(segment))):
         raise invalid_argument(f"segment must be a positive number of seconds, got {segment!r}")
-    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 0:
-        raise invalid_argument(f"jobs must be an integer >= 0, got {jobs!r}")
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise invalid_argument(f"jobs must be an integer >= 1, got {jobs!r}")
 
 
 def load_demucs(name: str, device: str | None = None, *, model_dir: str | os.PathLike | None = None,

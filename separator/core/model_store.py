@@ -166,12 +166,12 @@ def _probe(url: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
 
 
 def copy_instructions(entry: CatalogueModel, repo: Path, missing: list[WeightFile] | None = None) -> str:
+    """What to do without a network, in one line: which files to copy where, from where."""
     files = entry.files if missing is None else missing
-    lines = [f"  {f.file}  <- {_url(f)}" for f in files]
-    return (f"copy these files into {repo}/ (from a machine with network access, or from another "
-            f"demucs repo / torch hub cache ~/.cache/torch/hub/checkpoints/):\n" + "\n".join(lines) +
-            f"\nthen run `separator models verify`; or, with network access, "
-            f"`separator models pull {entry.name}`.")
+    listed = ", ".join(f"{f.file} (from {_url(f)})" for f in files)
+    return (f"copy {listed} into {repo}/ (from a machine with network access, another demucs repo "
+            f"or the torch hub cache ~/.cache/torch/hub/checkpoints/), then run `separator models "
+            f"verify`; or, with network access, `separator models pull {entry.name}`.")
 
 
 def _catalogue_entry(name: str) -> CatalogueModel:
@@ -212,23 +212,33 @@ def pull(name: str, root: str | os.PathLike | None = None, *, progress: bool = F
         if force or chk.status != "ok":
             todo.append(f)
     if todo:
+        from ..storage.local import writable_folder_problem
+        problem = writable_folder_problem(repo)
+        if problem:
+            raise ModelUnavailable(f"cannot install Demucs model {name!r} into {repo}: {problem}; "
+                                   "choose another --model-dir")
         reason = _probe(_url(todo[0]))
         if reason:
             raise ModelUnavailable(
                 f"cannot download Demucs model {name!r}: {reason}. " + copy_instructions(entry, repo, todo))
-        repo.mkdir(parents=True, exist_ok=True)
         import torch.hub
-        for f in todo:
-            part = repo / (f.file + ".part")
-            try:
-                torch.hub.download_url_to_file(_url(f), str(part), hash_prefix=f.checksum,
-                                               progress=progress)
-            except Exception as exc:  # URLError, OSError, RuntimeError("invalid hash value")
-                part.unlink(missing_ok=True)
-                raise ModelUnavailable(
-                    f"download of {_url(f)} failed ({exc.__class__.__name__}: {exc}). "
-                    + copy_instructions(entry, repo, [f])) from None
-            os.replace(part, repo / f.file)
+
+        from ..storage.local import created_folders
+        # a failed or interrupted pull leaves no partial file and no folder it created
+        with created_folders([repo / f.file for f in todo]):
+            for f in todo:
+                part = repo / (f.file + ".part")
+                try:
+                    torch.hub.download_url_to_file(_url(f), str(part), hash_prefix=f.checksum,
+                                                   progress=progress)
+                except BaseException as exc:  # URLError, OSError, bad hash, Ctrl-C
+                    part.unlink(missing_ok=True)
+                    if not isinstance(exc, Exception):
+                        raise
+                    raise ModelUnavailable(
+                        f"download of {_url(f)} failed ({exc.__class__.__name__}: {exc}). "
+                        + copy_instructions(entry, repo, [f])) from None
+                os.replace(part, repo / f.file)
     write_bag_yaml(entry, repo)
     return [repo / f.file for f in entry.files]
 

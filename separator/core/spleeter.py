@@ -458,10 +458,10 @@ def load(spec: ModelSpec, device: str, *, model_dir: str | None = None, jobs: in
          batch: int | None = None, precision: str | None = None, **options) -> Spleeter2Stems:
     """Registry factory.  Takes the engine's generic knobs and maps them onto this model:
     ``segment`` (seconds) → whole U-Net segments per chunk (11.9 s each; memory only: the
-    output does not depend on it).  ``overlap`` is accepted (0 <= overlap < 1) and has no
-    effect: chunks are cut on the frame grid and equal the one-piece result, so there is no
-    seam to cross-fade.  ``shifts`` has no meaning here (Demucs only);
-    ``model_dir`` and ``jobs`` are Demucs settings and are ignored.  Model options pass
+    output does not depend on it).  ``overlap``, ``jobs`` and ``shifts`` are Demucs settings:
+    chunks are cut on the frame grid and equal the one-piece result, so there is no seam to
+    cross-fade; asking for them is an error.  ``model_dir`` (where Demucs weights live) is
+    ignored.  Model options pass
     through, e.g. ``wiener=True`` (multichannel Wiener filter, as Spleeter's ``MWF=True``)
     and ``wiener_iterations`` (EM steps, default 1).  ``precision`` defaults to ``auto``
     (bf16 on CPUs with native bf16, measured to move the dev-song SDR medians by < 0.02 dB
@@ -490,9 +490,11 @@ def load(spec: ModelSpec, device: str, *, model_dir: str | None = None, jobs: in
             raise CIError("InvalidArgument", f"segment must be a positive number of seconds, got {segment}",
                           resource="segment")
         options["segments_per_chunk"] = max(1, round(segment / seg_seconds))
-    if overlap is not None:
-        if not 0 <= overlap < 1:
-            raise CIError("InvalidArgument", f"overlap must be in [0, 1), got {overlap}", resource="overlap")
+    for knob, value in (("overlap", overlap), ("jobs", jobs)):
+        if value is not None:   # an option that does not apply is an error, never silently ignored
+            raise CIError("InvalidArgument", f"{knob} applies to Demucs models; the bundled "
+                          f"{spec.name} model streams whole STFT segments, with no chunk overlap "
+                          "and one chunk at a time: leave it out", resource=knob)
     if "wiener_iterations" in options:
         it = options["wiener_iterations"]
         if isinstance(it, bool) or not isinstance(it, int) or it < 0:

@@ -2,35 +2,44 @@
 
 ``decode (ffmpeg) → model.separate_stream (chunked) → combine into roles → encode (ffmpeg)``,
 streamed block by block, so memory is bounded by the model's chunk and not by the input.
-Outputs are written atomically: every output is encoded to a temporary file and only
-when *all* of them have been encoded successfully are they renamed into place.  A bad
-input, a model error or an encoder error therefore leaves nothing behind.
+
+* **Channels.** The model hears one channel group of the input at a time
+  (:mod:`separator.media.layout`): a stereo or mono input is one group; a 5.1 input is its
+  front pair, its centre (the dialogue) and its surround pair, each separated on its own, with
+  the LFE going to the background whole.  The outputs keep the input's layout, and in every
+  channel the roles a mode writes add up to that input channel.  When the job asks for one or
+  two channels from an input with more, each role is downmixed after separation.
+* **Atomic outputs.** Every output is encoded to a temporary file and only when *all* of them
+  have been encoded successfully are they renamed into place.  A bad input, a model error, an
+  encoder error or a Ctrl-C therefore leaves nothing behind: no partial file, and no folder
+  this job created.  No output may be the input itself.
 """
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..core import registry
-from ..media import Encoder, EncodeSettings, MediaProbe, decode_stream, probe, resolve_encoding, same_decode
+from ..errors import CIError
+from ..media import Encoder, EncodeSettings, MediaProbe, decode_stream, probe, resolve_encoding
+from ..media.layout import ChannelGroup, channel_groups, channel_names, downmix_matrix, layout_name
 from ..request.model import AudioConfig
 from ..storage import atomic_file
+from ..storage.local import created_folders, writable_folder_problem
 from .roles import ROLE_ORDER, check_model_supports, combine, roles_for_mode
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]  # (frames done, frames total)
-
-_END = object()
+Progress = Callable[[float, float], None]  # (seconds of audio separated, seconds in all)
 
 
 def _in_thread(fn: Callable, *args) -> Future:
@@ -51,12 +60,13 @@ def _in_thread(fn: Callable, *args) -> Future:
 
 class _ProbeAhead:
     """Stands in for the input's :class:`MediaProbe` while ffprobe still runs: the decoder
-    starts as for an input of ``channels`` channels, and its truncation check (at the end of
-    the stream) reads the declared duration from the probe, known by then."""
+    starts as for a stereo input, and its truncation check (at the end of the stream) reads
+    the declared duration from the probe, known by then."""
 
-    def __init__(self, probing: Future, channels: int) -> None:
+    channels = 2
+
+    def __init__(self, probing: Future) -> None:
         self._probing = probing
-        self.channels = channels
 
     @property
     def declared_duration(self) -> float | None:
@@ -65,45 +75,193 @@ class _ProbeAhead:
 
 @dataclass(frozen=True)
 class Decoded:
-    """The input as a *re-iterable* stream of float32 blocks: each iteration decodes it again
-    (ffmpeg decodes at hundreds of times realtime).  Models that need whole-track statistics
-    before separating (Demucs normalises by the track's mean/std) make a cheap first pass
-    instead of holding the track in memory."""
+    """Channels of the input as a *re-iterable* stream of float32 blocks: each iteration
+    decodes it again (ffmpeg decodes at hundreds of times realtime).  Models that need
+    whole-track statistics before separating (Demucs normalises by the track's mean/std) make
+    a cheap first pass instead of holding the track in memory.  ``pick``: the input channel of
+    each decoded channel (None: the input as it is, or a mono input duplicated)."""
 
     path: str | Path
     samplerate: int
     channels: int
-    info: MediaProbe | None = None
+    info: MediaProbe | _ProbeAhead | None = None
+    pick: tuple[int, ...] | None = None
 
     def __iter__(self):
-        return decode_stream(self.path, self.samplerate, self.channels, info=self.info)
+        return decode_stream(self.path, self.samplerate, self.channels, info=self.info, pick=self.pick)
 
 
 class Reblocker:
-    """Hands out exactly ``n`` frames at a time from a stream of arbitrarily sized blocks."""
+    """Hands out ``n`` frames at a time from a stream of arbitrarily sized blocks: arrays
+    ``(frames, …)``, or dicts of them (fewer than ``n`` frames only at the end of the stream)."""
 
     def __init__(self, blocks):
-        self._blocks = blocks
-        self._buf: list[np.ndarray] = []
+        self._blocks = iter(blocks)
+        self._source = blocks
+        self._buf: list = []
         self._have = 0
 
-    def take(self, n: int) -> np.ndarray:
+    def take(self, n: int, *, exact: bool = True):
         while self._have < n:
             block = next(self._blocks, None)
             if block is None:
-                raise RuntimeError(f"mixture stream ended {n - self._have} frames early")
+                if exact:
+                    raise RuntimeError(f"stream ended {n - self._have} frames early")
+                break
             self._buf.append(block)
-            self._have += len(block)
-        joined = self._buf[0] if len(self._buf) == 1 else np.concatenate(self._buf, axis=0)
-        out, rest = joined[:n], joined[n:]
-        self._buf = [rest] if len(rest) else []
-        self._have = len(rest)
+            self._have += _frames(block)
+        if not self._have:
+            return None
+        joined = self._buf[0] if len(self._buf) == 1 else _concat(self._buf)
+        k = min(n, self._have)
+        out, rest = _cut(joined, 0, k), _cut(joined, k, None)
+        self._have -= k
+        self._buf = [rest] if self._have else []
         return out
 
     def close(self) -> None:
-        close = getattr(self._blocks, "close", None)
+        close = getattr(self._source, "close", None) or getattr(self._blocks, "close", None)
         if close is not None:
             close()  # stops the decoder subprocess
+
+
+def _frames(block) -> int:
+    return len(next(iter(block.values()))) if isinstance(block, dict) else len(block)
+
+
+def _cut(block, lo: int, hi: int | None):
+    if isinstance(block, dict):
+        return {k: v[lo:hi] for k, v in block.items()}
+    return block[lo:hi]
+
+
+def _concat(blocks: list):
+    if isinstance(blocks[0], dict):
+        return {k: np.concatenate([b[k] for b in blocks], axis=0) for k in blocks[0]}
+    return np.concatenate(blocks, axis=0)
+
+
+class _GroupStream:
+    """One channel group of the input through the model: ``{role: (frames, width)}`` blocks.
+
+    The mixture is decoded a second time beside the model's stream, frame-aligned with its
+    output, for the residual background (not when the model's sources already sum to its
+    input).  A mono channel in a stereo model is fed to both sides and the outputs averaged;
+    an LFE channel is not separated: all of it is background."""
+
+    def __init__(self, loaded, decoded: Decoded, group: ChannelGroup, roles: tuple[str, ...],
+                 mode: str, on_progress: Callable[[int], None]) -> None:
+        self.group = group
+        self.roles = roles
+        self.mode = mode
+        self.collapse = len(group.pick) > group.width
+        self.mixture: Reblocker | None = None
+        self.stems = None
+        if group.lfe:
+            self.mixture = Reblocker(decoded)
+            return
+        self.stems = loaded.separate_stream(decoded, progress=on_progress)
+        if "background" in roles and not loaded.sources_sum_to_input:
+            self.mixture = Reblocker(decoded)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        if self.stems is None:                       # LFE: the background is the channel itself
+            while (mix := self.mixture.take(Encoder.PIECE_FRAMES, exact=False)) is not None:
+                yield {r: mix if r == "background" else np.zeros_like(mix) for r in self.roles}
+            return
+        for stems in self.stems:
+            n = _frames(stems)
+            mix = self.mixture.take(n) if self.mixture is not None else None
+            outs = combine(stems, self.roles, self.mode, mix)
+            if self.collapse:
+                outs = {r: a.mean(axis=1, keepdims=True) for r, a in outs.items()}
+            yield outs
+
+    def close(self) -> None:
+        for part in (self.stems, self.mixture):
+            if part is not None:
+                part.close()
+
+
+def _plan(source: MediaProbe | _ProbeAhead, model_channels: int) -> tuple[tuple[str, ...], tuple[ChannelGroup, ...]]:
+    layout = getattr(source, "audio", None)
+    names = channel_names(layout.channel_layout if layout else "stereo", source.channels)
+    return names, channel_groups(names, model_channels)
+
+
+class _Streams:
+    """The input's channel groups through the model, merged back into the input's channels:
+    ``{role: (frames, input channels)}`` blocks.  Started once as for a stereo input (so the
+    model starts while ffprobe still runs) and restarted when the probe says otherwise."""
+
+    def __init__(self, path: str | Path, loaded, mode: str, roles: tuple[str, ...],
+                 progress: Progress | None, probing: Future) -> None:
+        self.path, self.loaded, self.mode, self.roles = path, loaded, mode, roles
+        self.progress, self.probing = progress, probing
+        self.groups: list[_GroupStream] = []
+        self.names: tuple[str, ...] = ("FL", "FR")
+        self.plan: tuple[ChannelGroup, ...] = ()
+        self.first: dict[str, np.ndarray] | None = None
+        self.done = 0
+
+    def start(self, source: MediaProbe | _ProbeAhead) -> None:
+        """Open a stream per channel group and run the model up to its first output."""
+        self.close()
+        self.done = 0
+        sr, mc = self.loaded.samplerate, self.loaded.audio_channels
+        self.names, self.plan = _plan(source, mc)
+        for group in self.plan:
+            plain = group.pick == tuple(range(source.channels)) and len(group.pick) == mc
+            decoded = Decoded(self.path, sr, 1 if group.lfe else mc, source,
+                              None if plain else (group.channels if group.lfe else group.pick))
+            self.groups.append(_GroupStream(self.loaded, decoded, group, self.roles, self.mode,
+                                            self._on_progress))
+        self._blocks = self._merged()
+        self.first = next(self._blocks, None)
+
+    def restart_for(self, source: MediaProbe) -> None:
+        """Start again if ``source``'s channels are not those the streams were started for."""
+        if _plan(source, self.loaded.audio_channels)[1] != self.plan:
+            self.start(source)
+
+    def blocks(self) -> Iterator[dict[str, np.ndarray]]:
+        if self.first is not None:
+            first, self.first = self.first, None
+            yield first
+        yield from self._blocks
+
+    def _merged(self) -> Iterator[dict[str, np.ndarray]]:
+        if len(self.groups) == 1 and self.groups[0].group.width == len(self.names):   # stereo, mono
+            yield from self.groups[0]
+            return
+        parts = [Reblocker(g) for g in self.groups]
+        width = len(self.names)
+        while True:
+            got = [p.take(Encoder.PIECE_FRAMES, exact=False) for p in parts]
+            if all(g is None for g in got):
+                return
+            sizes = {None if g is None else _frames(g) for g in got}
+            if len(sizes) != 1:
+                raise RuntimeError(f"channel groups of {self.path} decoded to different lengths")
+            n = sizes.pop()
+            out = {r: np.empty((n, width), np.float32) for r in self.roles}
+            for stream, block in zip(self.groups, got):
+                for r in self.roles:
+                    out[r][:, list(stream.group.channels)] = block[r]
+            yield out
+
+    def _on_progress(self, frames: int) -> None:
+        """Seconds of audio done (every channel group counts for its share) and in all."""
+        self.done += frames
+        if self.progress and self.probing.done() and self.probing.exception() is None:
+            groups = sum(1 for g in self.plan if not g.lfe) or 1
+            done = self.done / groups / self.loaded.samplerate
+            self.progress(done, max(self.probing.result().duration or 0.0, done))
+
+    def close(self) -> None:
+        for g in self.groups:
+            g.close()
+        self.groups = []
 
 
 @dataclass
@@ -114,7 +272,36 @@ class SeparationResult:
     settings: EncodeSettings
     outputs: dict[str, Path]              # role -> final path, vocals first
     seconds: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _roles_to_write(mode: str, targets: Mapping[str, object]) -> tuple[str, ...]:
+    roles = tuple(r for r in ROLE_ORDER if r in roles_for_mode(mode) and targets.get(r))
+    if not roles:
+        raise CIError("InvalidArgument", f"AudioMode {mode} produces {', '.join(roles_for_mode(mode))}, "
+                      "but no output object was named for any of them")
+    return roles
+
+
+def check_outputs(input_path: str | Path, outputs: Mapping[str, Path]) -> None:
+    """Refuse outputs that would overwrite the input, each other or a folder, or that cannot be
+    written, before any work is done (``CIError`` InvalidArgument)."""
+    src = os.path.realpath(input_path)
+    seen: dict[str, str] = {}
+    for role, path in outputs.items():
+        real = os.path.realpath(path)
+        if real == src or (os.path.isfile(path) and os.path.isfile(input_path)
+                           and os.path.samefile(path, input_path)):
+            raise CIError("InvalidArgument", f"the {role} output {path} is the input file itself, "
+                          "which would be overwritten; write the outputs to another folder")
+        if real in seen:
+            raise CIError("InvalidArgument", f"the {seen[real]} and {role} outputs are the same file {path}")
+        seen[real] = role
+        if os.path.isdir(path):
+            raise CIError("InvalidArgument", f"the {role} output {path} is a folder; it cannot be "
+                          "replaced by a file")
+        problem = writable_folder_problem(Path(path).parent)
+        if problem:
+            raise CIError("InvalidArgument", f"cannot write the {role} output {path}: {problem}")
 
 
 def separate_file(
@@ -135,78 +322,55 @@ def separate_file(
     for every user-caused failure; nothing is written in that case.
     """
     started = time.perf_counter()
-    roles = [r for r in ROLE_ORDER if r in roles_for_mode(mode) and targets.get(r)]
-    if not roles:
-        from ..errors import CIError
-        raise CIError("InvalidArgument", f"AudioMode {mode} produces {', '.join(roles_for_mode(mode))}, "
-                      "but no output object was named for any of them")
+    roles = _roles_to_write(mode, targets)
+    final = {r: Path(targets[r]) for r in roles}
+    check_outputs(input_path, final)
     cfg = audio_config or AudioConfig()
+    # ffprobe (~0.06 s, mostly loading its libraries) runs beside the model load, the first
+    # decode and the model's first chunk: the probe is needed only by the encoders (and by an
+    # input that is not stereo, whose streams are then started again).  The input's own
+    # errors still come first, as if it had been probed first.
+    probing = _in_thread(probe, input_path)
 
     def checked_input() -> tuple[MediaProbe, EncodeSettings]:
         source = probing.result()                    # InputError for a missing / non-media file
         return source, resolve_encoding(cfg.codec, cfg.samplerate, cfg.bitrate, cfg.channels,
                                         source=source, music_mode=(mode == "MusicMode"))
 
-    # ffprobe (~0.06 s, mostly loading its libraries) runs beside the model load, the first
-    # decode and the model's first chunk: the probe is needed only by the encoders (and the
-    # decoder of a mono input, which is then restarted).  The input's own errors still come
-    # first, as if it had been probed first.
-    probing = _in_thread(probe, input_path)
-    done = 0
-
-    def on_progress(frames: int) -> None:
-        nonlocal done
-        done += frames
-        if progress and probing.done() and probing.exception() is None:
-            dur = probing.result().duration
-            progress(done, max(int(round(dur * sr)) if dur else 0, done))
-
-    stream = None
-
-    def start(info) -> tuple[Decoded, object]:
-        """Decode with ``info`` and run the model up to its first output."""
-        nonlocal stream
-        decoded = Decoded(input_path, sr, ch, info)
-        stream = loaded.separate_stream(decoded, progress=on_progress)
-        return decoded, next(stream, _END)
-
+    streams: _Streams | None = None
     try:
         name = model or registry.default_model(mode)
         loaded = registry.load_model(name, device=device, **dict(model_options or {}))
         check_model_supports(mode, loaded.sources, name)
-        sr, ch = loaded.samplerate, loaded.audio_channels
-        decoded, first = start(_ProbeAhead(probing, ch))
+        streams = _Streams(input_path, loaded, mode, roles, progress, probing)
+        streams.start(_ProbeAhead(probing))
         source, settings = checked_input()
-        if not same_decode(source.channels, ch, ch):   # a mono input: decode it again, duplicated
-            stream.close()
-            done = 0
-            decoded, first = start(source)
+        streams.restart_for(source)
     except BaseException as exc:
-        if stream is not None:
-            stream.close()
+        if streams is not None:
+            streams.close()
         if isinstance(exc, Exception):      # not for Ctrl-C: that stays an interruption
             checked_input()
         raise
 
-    final = {r: Path(targets[r]) for r in roles}
+    names = streams.names
+    mix = downmix_matrix(names, settings.channels).T if len(names) > 2 and settings.channels < 3 else None
+    width = settings.channels if mix is not None else len(names)
+    in_layout = layout_name(names) if width > 2 else None
     with contextlib.ExitStack() as stack:
-        stack.callback(stream.close)
+        stack.callback(streams.close)
+        stack.enter_context(created_folders(final.values()))
         tmp = {r: stack.enter_context(atomic_file(final[r])) for r in roles}
-        encoders = {r: stack.enter_context(Encoder(tmp[r], settings, sr, ch)) for r in roles}
-        # The mixture again, frame-aligned with the model's output, for the residual background
-        # (not needed when the model's sources already sum to its input).
-        need_mix = "background" in roles and not loaded.sources_sum_to_input
-        mixture = Reblocker(iter(decoded)) if need_mix else None
-        if mixture is not None:
-            stack.callback(mixture.close)
-        for block in itertools.chain(() if first is _END else (first,), stream):
-            frames = len(next(iter(block.values())))
-            mix = mixture.take(frames) if mixture is not None else None
-            outs = combine(block, roles, mode, mix)
+        encoders = {r: stack.enter_context(Encoder(tmp[r], settings, loaded.samplerate, width, in_layout))
+                    for r in roles}
+        for block in streams.blocks():
+            if mix is not None:
+                block = {r: a @ mix for r, a in block.items()}
+            frames = _frames(block)
             # piece by piece, in turn: every encoder gets work while the others' queues are full
-            for start in range(0, frames, Encoder.PIECE_FRAMES):
-                for role, audio in outs.items():
-                    encoders[role].write(audio[start:start + Encoder.PIECE_FRAMES])
+            for at in range(0, frames, Encoder.PIECE_FRAMES):
+                for role, audio in block.items():
+                    encoders[role].write(audio[at:at + Encoder.PIECE_FRAMES])
         # Close (and check) every encoder *inside* the stack, so that one failing encoder
         # removes all temporaries before any of them is renamed into place.
         for enc in encoders.values():

@@ -56,7 +56,7 @@ def run_job(req: JobRequest, storage: LocalStorage, *, bucket: str, region: str,
             job_id: str | None = None, queue_id: str | None = None,
             created: datetime | None = None, template: Any | None = None,
             model: str | None = None, device: str | None = None,
-            progress: Callable[[int, int], None] | None = None,
+            progress: Callable[[float, float], None] | None = None,
             model_options: dict[str, object] | None = None) -> JobRecord:
     """Run one job to its end and return its final JobsDetail (Success or Failed)."""
     record = new_record(req, bucket=bucket, region=region, job_id=job_id, queue_id=queue_id,

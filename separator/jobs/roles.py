@@ -54,9 +54,11 @@ def check_model_supports(mode: str, sources: Sequence[str], model_name: str) -> 
                       f"(it separates {', '.join(sources)}).{hint}")
 
 
-def owned_sources(mode: str) -> frozenset[str]:
-    """The sources a mode writes as they are; the background is the rest."""
-    return frozenset({"vocals", "bass", "drums"} if mode == "MusicMode" else {"vocals"})
+def owned_sources(mode: str) -> tuple[str, ...]:
+    """The sources a mode writes as they are; the background is the rest.  A tuple in a fixed
+    order: the background subtracts them in this order, so its rounding (and the encoded
+    bytes) never depend on the process (a set's order follows the string hash seed)."""
+    return ("vocals", "bass", "drums") if mode == "MusicMode" else ("vocals",)
 
 
 def combine(stems: Mapping[str, np.ndarray], roles: Sequence[str], mode: str,

@@ -38,7 +38,7 @@ from ..errors import InputError
 from .ffmpeg import ffmpeg_exe, has_soxr
 from .probe import MediaProbe, _file_url, probe
 
-__all__ = ["decode_stream", "load_audio", "same_decode"]
+__all__ = ["decode_stream", "load_audio", "popen_child"]
 
 log = logging.getLogger(__name__)
 
@@ -91,60 +91,71 @@ def _reap(proc: subprocess.Popen, drain: _StderrDrain | None) -> None:
             pass
 
 
-def _resample_filter(in_channels: int | None = None, out_channels: int | None = None) -> str:
-    """The ``-af`` chain: soxr resampling when ffmpeg has it; mono -> stereo at unity gain.
+def popen_child(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """Start an ffmpeg child in its own process group: a Ctrl-C at the terminal reaches only
+    us, and we end the children ourselves (:func:`_reap`) after removing what they wrote."""
+    return subprocess.Popen(cmd, start_new_session=True, **kwargs)
 
-    ffmpeg's default mono -> stereo upmix puts the channel at -3 dB in each side, so a mono
-    source would come back 3 dB quieter after a stereo separation and a mono encode; ``pan``
-    duplicates it instead.  Other channel changes use ffmpeg's default matrix (``-ac``).
+
+def _resample_filter(in_channels: int | None = None, out_channels: int | None = None,
+                     pick: tuple[int, ...] | None = None) -> str:
+    """The ``-af`` chain: the channels to keep, then soxr resampling when ffmpeg has it.
+
+    ``pick`` names the input channel of each output channel, at unity gain (``(2, 2)``: the
+    third channel, twice; ``(4, 5)``: a surround pair).  Without it a mono input that becomes
+    stereo is duplicated at unity gain too: ffmpeg's default mono -> stereo upmix puts the
+    channel at -3 dB in each side, so a mono source would come back 3 dB quieter after a
+    stereo separation and a mono encode.  Other channel changes use ffmpeg's default matrix
+    (``-ac``).
     """
     chain = []
-    if in_channels == 1 and out_channels == 2:
-        chain.append("pan=stereo|c0=c0|c1=c0")
+    if pick is None and in_channels == 1 and out_channels == 2:
+        pick = (0, 0)
+    if pick is not None:
+        layout = {1: "mono", 2: "stereo"}.get(len(pick), f"{len(pick)}c")
+        chain.append(f"pan={layout}|" + "|".join(f"c{i}=c{k}" for i, k in enumerate(pick)))
     chain.append("aresample=resampler=soxr" if has_soxr() else "aresample")
     return ",".join(chain)
 
 
-def same_decode(in_channels_a: int | None, in_channels_b: int | None, out_channels: int) -> bool:
-    """Whether inputs of these two channel counts are decoded to ``out_channels`` by the same
-    command (only a mono input that becomes stereo needs its own filter)."""
-    return _resample_filter(in_channels_a, out_channels) == _resample_filter(in_channels_b, out_channels)
-
-
-def _decode_cmd(path: str, samplerate: int, channels: int, in_channels: int) -> list[str]:
+def _decode_cmd(path: str, samplerate: int, channels: int, in_channels: int,
+                pick: tuple[int, ...] | None = None) -> list[str]:
     stream = ffmpeg_python.input(_file_url(path))
     out = stream.output("pipe:", format="f32le", acodec="pcm_f32le", ac=channels, ar=samplerate,
-                        map="0:a:0", af=_resample_filter(in_channels, channels),
+                        map="0:a:0", af=_resample_filter(in_channels, channels, pick),
                         vn=None, sn=None, dn=None)
     return out.global_args("-nostdin", "-hide_banner", "-v", "error").compile(cmd=ffmpeg_exe())
 
 
 def decode_stream(path: str | os.PathLike, samplerate: int = 44100, channels: int = 2,
                   block_frames: int = DEFAULT_BLOCK_FRAMES, *,
-                  info: MediaProbe | None = None) -> Iterator[np.ndarray]:
+                  info: MediaProbe | None = None,
+                  pick: tuple[int, ...] | None = None) -> Iterator[np.ndarray]:
     """Yield the first audio stream of ``path`` as float32 ``(frames, channels)`` blocks.
 
     Every block has ``block_frames`` frames except the last.  ffmpeg resamples to ``samplerate``
-    and up/down-mixes to ``channels`` (mono -> stereo duplicates the channel at unity gain).  Only one block is in memory at a time.  ``info`` is the
-    file's :func:`probe` result (probed here when not given; the probe also turns a missing, empty
-    or non-media file into an :class:`InputError` before ffmpeg starts).  Closing the generator
-    early kills and reaps ffmpeg.
+    and up/down-mixes to ``channels`` (mono -> stereo duplicates the channel at unity gain), or,
+    with ``pick``, takes the input channels it names, one per output channel.  Only one block
+    is in memory at a time.  ``info`` is the file's :func:`probe` result (probed here when not
+    given; the probe also turns a missing, empty or non-media file into an :class:`InputError`
+    before ffmpeg starts).  Closing the generator early kills and reaps ffmpeg.
     """
     if samplerate <= 0 or channels <= 0 or block_frames <= 0:
         raise ValueError("samplerate, channels and block_frames must be positive")
+    if pick is not None and len(pick) != channels:
+        raise ValueError(f"pick names {len(pick)} channels, the output has {channels}")
     path = os.fspath(path)
     if info is None:
         info = probe(path)
-    return _decode_gen(path, samplerate, channels, block_frames, info)
+    return _decode_gen(path, samplerate, channels, block_frames, info, pick)
 
 
 def _decode_gen(path: str, samplerate: int, channels: int, block_frames: int,
-                info: MediaProbe) -> Iterator[np.ndarray]:
+                info: MediaProbe, pick: tuple[int, ...] | None) -> Iterator[np.ndarray]:
     frame_bytes = 4 * channels
     block_bytes = block_frames * frame_bytes
-    cmd = _decode_cmd(path, samplerate, channels, info.channels)
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    cmd = _decode_cmd(path, samplerate, channels, info.channels, pick)
+    proc = popen_child(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     drain = _StderrDrain(proc.stderr)
     total = 0
     name = os.path.basename(path)

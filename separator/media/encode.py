@@ -33,7 +33,7 @@ import numpy as np
 
 from ..codecs import AMR_NB_BITRATES, BITRATE_RANGE_KBPS, DEFAULT_CODEC, MUSIC_MODE_CODECS, get_codec
 from ..errors import CIError, invalid_argument
-from .decode import _reap, _resample_filter, _StderrDrain
+from .decode import _reap, _resample_filter, _StderrDrain, popen_child
 from .ffmpeg import ffmpeg_exe, has_encoder
 from .probe import MediaProbe, _file_url
 
@@ -75,6 +75,8 @@ class EncodeSettings:
     samplerate: int
     channels: int
     bitrate_kbps: float | None  # None for lossless; AMR: the mode (e.g. 12.2)
+    #: what was changed from the request to fit the encoder (shown to the user, not an error)
+    notes: tuple[str, ...] = ()
 
     @property
     def bitrate_bps(self) -> int | None:
@@ -157,8 +159,11 @@ def resolve_encoding(codec: str | None, samplerate: int | None, bitrate_kbps: in
         raise invalid_argument(f"AudioConfig.Bitrate {br} is outside {BITRATE_RANGE_KBPS} kbps")
 
     kbps: float | None
+    notes: list[str] = []
     if spec.lossless:
         kbps = None
+        if br is not None:
+            notes.append(f"Bitrate {br} kbps does not apply to lossless {spec.name}: ignored")
     else:
         want = float(br) if br is not None else (source.bitrate or float(DEFAULT_BITRATE_KBPS))
         if spec.name == "amr":
@@ -172,8 +177,14 @@ def resolve_encoding(codec: str | None, samplerate: int | None, bitrate_kbps: in
                 kbps = float(_snap_nearest(want, _mp3_bitrates(sr)))
             else:
                 kbps = float(int(want))
+        if br is not None and abs(kbps - br) > 1e-9:
+            why = {"amr": "the highest AMR-NB mode not above it",
+                   "mp3": f"the nearest bitrate LAME writes at {sr} Hz"}.get(
+                       spec.name, f"the most {spec.encoder} encodes at {sr} Hz, {ch} channel(s)")
+            notes.append(f"Bitrate {br} kbps is not one {spec.name} can use: {kbps:g} kbps ({why})")
     return EncodeSettings(codec=spec.name, ext=spec.ext, encoder=spec.encoder,
-                          container=spec.container, samplerate=sr, channels=ch, bitrate_kbps=kbps)
+                          container=spec.container, samplerate=sr, channels=ch, bitrate_kbps=kbps,
+                          notes=tuple(notes))
 
 
 class Encoder:
@@ -189,7 +200,7 @@ class Encoder:
     QUEUE_PIECES = 4         # at most ~6 s (2 MiB of stereo float32) waiting per encoder
 
     def __init__(self, out_path: str | os.PathLike, settings: EncodeSettings,
-                 in_samplerate: int, in_channels: int):
+                 in_samplerate: int, in_channels: int, in_layout: str | None = None):
         if in_samplerate <= 0 or in_channels <= 0:
             raise ValueError("in_samplerate and in_channels must be positive")
         if not has_encoder(settings.encoder):
@@ -202,13 +213,19 @@ class Encoder:
         self.in_channels = in_channels
         self.frames_written = 0
         self._closed = False
-        stream = ffmpeg_python.input("pipe:", format="f32le", ar=in_samplerate, ac=in_channels)
+        # ``in_layout`` (past two channels): the channels keep their names, and a file of the
+        # same channel count keeps that layout instead of ffmpeg's default one for the count
+        layout = {"ch_layout": in_layout} if in_layout else {"ac": in_channels}
+        out_args = settings.output_args()
+        if in_layout and settings.channels == in_channels:
+            del out_args["ac"]
+            out_args["ch_layout"] = in_layout
+        stream = ffmpeg_python.input("pipe:", format="f32le", ar=in_samplerate, **layout)
         out = stream.output(_file_url(self.out_path), af=_resample_filter(in_channels, settings.channels),
-                            **settings.output_args())
+                            **out_args)
         cmd = out.global_args("-nostdin", "-hide_banner", "-v", "error").overwrite_output() \
                  .compile(cmd=ffmpeg_exe())
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE)
+        self._proc = popen_child(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._drain = _StderrDrain(self._proc.stderr)
         # A feeder thread writes to ffmpeg's stdin, so that encoding runs while the caller
         # computes the next block (a pipe holds only ~0.2 s of audio: writing directly would

@@ -12,7 +12,7 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,3 +163,45 @@ def _umask() -> int:
 
 def file_md5(path: str | os.PathLike[str]) -> str:
     return file_digest(path, "md5")
+
+
+def nearest_existing(path: str | os.PathLike[str]) -> Path:
+    """``path`` itself if it exists, else its closest existing ancestor."""
+    p = Path(os.path.abspath(path))
+    while not os.path.lexists(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def writable_folder_problem(folder: str | os.PathLike[str]) -> str | None:
+    """Why files could not be written into ``folder`` (created as needed), or None."""
+    top = nearest_existing(folder)
+    if not top.is_dir():
+        return f"{top} is a file, not a folder"
+    if not os.access(top, os.W_OK | os.X_OK):
+        return f"no permission to write in {top}"
+    return None
+
+
+@contextlib.contextmanager
+def created_folders(paths: Iterable[str | os.PathLike[str]]) -> Iterator[None]:
+    """Create the missing parent folders of ``paths``; if the block raises (Ctrl-C included),
+    remove the folders created here that are still empty, deepest first, so that a failed
+    or interrupted job leaves no empty folder behind."""
+    made: list[Path] = []
+    try:
+        for path in paths:
+            missing = []
+            parent = Path(os.path.abspath(path)).parent
+            while not parent.exists() and parent != parent.parent:
+                missing.append(parent)
+                parent = parent.parent
+            for folder in reversed(missing):
+                made.append(folder)        # first: a Ctrl-C right after mkdir must find it listed
+                folder.mkdir(exist_ok=True)
+        yield
+    except BaseException:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
