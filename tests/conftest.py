@@ -1,30 +1,93 @@
-"""Shared fixtures: the real audio in ``../shared/data`` (skipped when absent) and small synthetic
-media made with ffmpeg in a session temp dir."""
+"""Shared fixtures: the real audio committed in ``tests/data`` (see its README.md: short
+excerpts of public-domain / CC BY recordings, and mixtures with exact stems), the optional
+research-only dev set in ``../shared/data`` (skipped when absent), and small synthetic media
+made with ffmpeg in a session temp dir."""
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TEST_DATA = Path(__file__).resolve().parent / "data"          # committed, built by scripts/make_test_data.py
+MIXTURES = TEST_DATA / "mixtures"                               # <name>/{mixture,vocals,accompaniment}.flac
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"   # not committed (research licences)
 
-# Real files used by the tests (relative to SHARED_DATA); see its INVENTORY.tsv.
+# Real files used by the tests (relative to TEST_DATA); see tests/data/README.md.
 DATA_FILES = {
-    "ogg": "librosa-data/Karissa_Hobbs_-_Lets_Go_Fishin.hq.ogg",          # 133 s, 44.1k stereo vorbis
-    "ogg_cover": "librosa-data/Kevin_MacLeod_-_Vibe_Ace.hq.ogg",           # vorbis + mjpeg cover art
-    "ogg_16k_mono": "librosa-data/198-209-0000.hq.ogg",                    # speech, 16 kHz mono
-    "wav": "mirdata-test-resources/brid/BRID_1.0/Data/Acoustic Mixtures/4 Instruments/[0001] M4-01-SA.wav",
-    "wav_mono": "mirdata-test-resources/ballroom/B_1.0/audio/Waltz/Media-105901.wav",
-    "flac": "mirdata-test-resources/cuidado/C_1.0/audio/cuidado_FallaCancion.flac",
-    "mp3": "waveunet-musdb18-examples/Cristina Vane - So Easy/accompaniment_estimate.mp3",
-    "stem_mp4": "museval-musdb18-80srock/Music Delta - 80s Rock.stem.mp4",  # 5 aac streams
+    "ogg": "formats/song.ogg",                                  # 8 s song with vocals, 44.1k stereo vorbis
+    "ogg_cover": "formats/cover.ogg",                           # vorbis + an attached mjpeg cover picture
+    "ogg_16k_mono": "formats/speech_16k_mono.ogg",              # speech, 16 kHz mono
+    "flac": "mixtures/vocadito-vibeace/mixture.flac",           # 7.5 s, 44.1k stereo 16-bit
+    "mp3": "formats/song.mp3",                                  # 6 s, 128 kbps CBR with a Xing/LAME header
+    "stem_mp4": "formats/song.stem.mp4",                        # NI-stems-like: 5 aac streams
 }
+# WAV inputs are written on first use from committed FLAC (the same samples): (source, ffmpeg args).
+DERIVED_FILES = {
+    "wav": ("mixtures/librispeech-brahms/mixture.flac", ["-c:a", "pcm_s16le"]),          # 44.1k stereo
+    "wav_mono": ("mixtures/ljspeech-sugarplum/vocals.flac",                              # 44.1k mono:
+                 ["-af", "pan=mono|c0=c0", "-c:a", "pcm_s16le"]),                        # (left = right)
+}
+
+
+def data_path(key: str) -> Path:
+    """A committed file of ``DATA_FILES`` (a missing one is an error, not a skip)."""
+    p = TEST_DATA / DATA_FILES[key]
+    if not p.is_file():
+        raise FileNotFoundError(f"committed test file missing: {p} (rebuild: scripts/make_test_data.py)")
+    return p
+
+
+def mixture_path(name: str, stem: str = "mixture") -> Path:
+    return MIXTURES / name / f"{stem}.flac"
+
+
+def mixture_names() -> list[str]:
+    return sorted(p.name for p in MIXTURES.iterdir() if (p / "mixture.flac").is_file())
+
+
+@functools.lru_cache(maxsize=None)
+def _load_mixture(name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    from separator.evaluate import decode
+    stems = {s: decode(mixture_path(name, s)) for s in ("vocals", "accompaniment")}
+    mix = decode(mixture_path(name))
+    # the mixture is defined as the exact sum of the stems (stored as their integer sum)
+    assert np.array_equal(mix, stems["vocals"] + stems["accompaniment"]), name
+    return mix, stems
+
+
+def committed_mixtures() -> list[tuple[str, np.ndarray, dict[str, np.ndarray]]]:
+    """``[(name, mixture, {"vocals", "accompaniment"})]``: the committed real mixtures, decoded
+    to 44.1 kHz stereo float32 (fresh copies of a cached decode); mixture == vocals + accompaniment."""
+    out = []
+    for n in mixture_names():
+        mix, stems = _load_mixture(n)
+        out.append((n, mix.copy(), {s: a.copy() for s, a in stems.items()}))
+    return out
+
+
+def long_mixture(seconds: float, first: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``seconds`` of the committed mixtures played one after the other, starting with the
+    ``first``-th (repeated if they are shorter), with their stems: still an exact sum."""
+    items = committed_mixtures()
+    n = int(round(seconds * 44100))
+    mixes, stems, total, i = [], {"vocals": [], "accompaniment": []}, 0, first
+    while total < n:
+        _name, mix, refs = items[i % len(items)]
+        mixes.append(mix)
+        for s in stems:
+            stems[s].append(refs[s])
+        total += len(mix)
+        i += 1
+    return (np.concatenate(mixes)[:n], {s: np.concatenate(v)[:n] for s, v in stems.items()})
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The research-only dev set (not redistributable, so not committed): only for the few
+    checks against figures measured on it (``shared/reference``)."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared test audio not found at {SHARED_DATA} (expected ../shared/data "
                     "next to the repository)")
@@ -32,13 +95,21 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def data_file(shared_data):
-    """``data_file('ogg')`` -> Path of a real file, skipping the test if it is missing."""
+def data_file(media_dir):
+    """``data_file('ogg')`` -> Path of a real file: committed in tests/data, or (``wav``,
+    ``wav_mono``) written losslessly from a committed FLAC on first use."""
+    made: dict[str, Path] = {}
+
     def get(key: str) -> Path:
-        p = shared_data / DATA_FILES[key]
-        if not p.is_file():
-            pytest.skip(f"shared test file missing: {p}")
-        return p
+        if key in DERIVED_FILES:
+            if key not in made:
+                src, args = DERIVED_FILES[key]
+                dst = media_dir / f"data_{key}.wav"
+                run_ffmpeg("-i", str(TEST_DATA / src), *args, "-fflags", "+bitexact", "-map_metadata", "-1",
+                           str(dst))
+                made[key] = dst
+            return made[key]
+        return data_path(key)
     return get
 
 

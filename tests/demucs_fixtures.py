@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = ROOT / "tests" / "data"          # committed real audio (tests/data/README.md)
 SR = 44100
 
 REAL_CLIPS = [
-    DATA / "sisec2011-music-dev-pyroomacoustics" / "Ultimate NZ Tour" / "dev2__ultimate_nz_tour__snip_43_61__mix.wav",
-    DATA / "museval-musdb18-80srock" / "Music Delta - 80s Rock.stem.mp4",
+    DATA / "mixtures" / "vocadito-vibeace" / "mixture.flac",     # 7.5 s: singing over jazz
 ]
 
 

@@ -1,7 +1,7 @@
 """`separator batch` on this machine: folder trees with bad files, resume (state file, kill -9,
 Ctrl-C), naming templates, CSV/JSONL manifests (with cloud-format request documents).
 
-Inputs are 3 s clips cut from ../shared/data, so every separation is one model segment."""
+Inputs are 3 s clips cut from a real song in tests/data, so every separation is one model segment."""
 from __future__ import annotations
 
 import json
@@ -22,16 +22,13 @@ from separator.media import probe
 from separator.storage.local import TMP_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
-CLIP_SRC = "librosa-data/Kevin_MacLeod_-_Vibe_Ace.hq.ogg"
 
 
 @pytest.fixture(scope="module")
-def clip(shared_data, tmp_path_factory) -> Path:
-    src = shared_data / CLIP_SRC
-    if not src.is_file():
-        pytest.skip(f"missing {src}")
+def clip(data_file, tmp_path_factory) -> Path:
+    src = data_file("ogg")
     out = tmp_path_factory.mktemp("clip") / "clip.wav"
-    run_ffmpeg("-ss", "20", "-t", "3", "-i", str(src), "-ac", "2", "-ar", "44100", str(out))
+    run_ffmpeg("-ss", "2", "-t", "3", "-i", str(src), "-ac", "2", "-ar", "44100", str(out))
     return out
 
 

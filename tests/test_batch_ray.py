@@ -28,7 +28,6 @@ from separator.media import probe  # noqa: E402
 from separator.storage.local import TMP_PREFIX  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CLIP_SRC = "librosa-data/Kevin_MacLeod_-_Vibe_Ace.hq.ogg"
 N_INPUTS = 12
 
 
@@ -39,13 +38,11 @@ def cluster():
 
 
 @pytest.fixture
-def inputs(shared_data, tmp_path) -> Path:
-    src = shared_data / CLIP_SRC
-    if not src.is_file():
-        pytest.skip(f"missing {src}")
+def inputs(data_file, tmp_path) -> Path:
+    src = data_file("ogg")
     folder = tmp_path / "in"
     folder.mkdir()
-    run_ffmpeg("-ss", "20", "-t", "3", "-i", str(src), "-ac", "2", str(folder / "clip0.wav"))
+    run_ffmpeg("-ss", "2", "-t", "3", "-i", str(src), "-ac", "2", str(folder / "clip0.wav"))
     for i in range(1, N_INPUTS):
         sub = folder / f"set{i % 3}"
         sub.mkdir(exist_ok=True)

@@ -13,9 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import report  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data"
-BEARLIN = DATA / "sisec2011-music-dev-pyroomacoustics" / "Bearlin_Roads" / "dev1__bearlin-roads__tracks"
+from conftest import committed_mixtures  # noqa: E402
 
 
 def test_report_renders_the_recorded_cuda_figures():
@@ -34,16 +32,12 @@ def test_report_renders_the_recorded_cuda_figures():
     assert report._cuda({}) == [] and report._cuda_summary({}) == []
 
 
-@pytest.mark.skipif(not BEARLIN.is_dir(), reason=f"dev audio not found at {DATA}")
 def test_cuda_script_dry_runs_on_the_cpu(tmp_path):
     """`--device cpu` runs the bundled-model section end to end on real music and writes
     its figures: speed rows and the SDR change of the reduced precision per song."""
-    from separator.evaluate import decode
-    files = sorted(BEARLIN.glob("*.wav"))
-    voc = [f for f in files if f.name.endswith("__vocals.wav")][0]
-    rest = sum(decode(f)[: 3 * 44100] for f in files if f != voc)
-    np.savez(tmp_path / "song0.npz", name=np.array("Bearlin"), vocals=decode(voc)[: 3 * 44100],
-             accompaniment=rest.astype(np.float32))
+    name, _mix, stems = committed_mixtures()[0]
+    np.savez(tmp_path / "song0.npz", name=np.array(name), vocals=stems["vocals"][: 3 * 44100],
+             accompaniment=stems["accompaniment"][: 3 * 44100])
     out = tmp_path / "cuda.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cuda.py"), "--device", "cpu",
                            "--out", str(out), "--data", str(tmp_path), "--sections", "spleeter",
@@ -52,10 +46,10 @@ def test_cuda_script_dry_runs_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     res = json.loads(out.read_text())
     sp = res["spleeter"]
-    assert sp["songs"] == ["Bearlin"]
+    assert sp["songs"] == [name]
     assert sp["fp32_b2_4"]["seconds"] == 4.0 and sp["fp32_b2_4"]["xrt"] > 0
     assert sp["bf16_b8_5"]["seconds"] == 5.0
-    fp32, bf16 = sp["global_sdr_db"]["fp32"]["Bearlin"], sp["global_sdr_db"]["bf16"]["Bearlin"]
+    fp32, bf16 = sp["global_sdr_db"]["fp32"][name], sp["global_sdr_db"]["bf16"][name]
     assert fp32["vocals"] > 0 and np.isfinite(bf16["vocals"])
     assert sp["bf16_sdr_change_db"]["vocals"]["median"] == pytest.approx(bf16["vocals"] - fp32["vocals"])
     assert "errors" not in res

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import MIXTURES, committed_mixtures, long_mixture
 from separator.core import registry, weights
 from separator.core.stft_stream import stft_frame_stream
 from separator.core.spleeter import Spleeter2Stems, StftParams, expected_shapes, ola_synthesis, tf_istft, tf_stft
 from separator.errors import CIError, ModelUnavailable
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-BEARLIN = DATA / "sisec2011-music-dev-pyroomacoustics" / "Bearlin_Roads" / "dev1__bearlin-roads__snip_85_99__mix.wav"
-needs_data = pytest.mark.skipif(not BEARLIN.is_file(), reason=f"dev audio not found at {DATA} (../shared/data)")
+# real audio: the committed mixtures (tests/data/README.md); never absent in a checkout
+needs_data = pytest.mark.skipif(not MIXTURES.is_dir(), reason=f"committed test audio missing: {MIXTURES}")
 
 
 @pytest.fixture(autouse=True)
@@ -32,10 +32,9 @@ def model() -> Spleeter2Stems:
 
 @pytest.fixture(scope="module")
 def bearlin() -> np.ndarray:
-    if not BEARLIN.is_file():
-        pytest.skip(f"dev audio not found at {DATA}")
-    from separator.evaluate import decode
-    return decode(BEARLIN)
+    """15 s of real music with a voice: the first two committed mixtures end to end (the
+    fixture's name is that of the dev song it replaced)."""
+    return long_mixture(15.0)[0]
 
 
 def snr(ref: np.ndarray, est: np.ndarray) -> float:
@@ -243,7 +242,7 @@ def test_reconstruction_and_full_band(model, bearlin):
 
 @needs_data
 def test_stream_blocks_equal_whole_with_chunk_boundaries(bearlin):
-    # 1 U-Net segment per chunk (11.9 s) so the 14 s song spans two chunks
+    # 1 U-Net segment per chunk (11.9 s) so the 15 s song spans two chunks
     m = Spleeter2Stems("cpu", segments_per_chunk=1, precision="fp32")
     whole = m.separate(bearlin)
     parts: dict[str, list] = {"vocals": [], "accompaniment": []}
@@ -264,12 +263,14 @@ def test_stream_blocks_equal_whole_with_chunk_boundaries(bearlin):
 def test_last_segment_padded_to_64_frames_keeps_quality():
     """The last, partial U-Net segment is padded to a multiple of 64 frames (TF Spleeter, and
     ``spleeter_padding=True``: to 512).  Whole segments are untouched, and against the ground
-    truth the vocals score no worse on the dev songs (mean global SDR)."""
-    from separator.evaluate import dev_songs, global_sdr
+    truth the vocals score no worse on real mixtures (mean global SDR): the committed ones
+    end to end, 20 s from each in turn."""
+    from separator.evaluate import global_sdr
 
     n = 20 * 44100                    # 866 STFT frames: one whole segment + 354 (-> 384, or 512)
     sdr: dict[bool, list[float]] = {False: [], True: []}
-    for i, (_name, mix, refs) in enumerate(dev_songs(DATA)):
+    songs = [long_mixture(20.0, first=k) for k in range(len(committed_mixtures()))]
+    for i, (mix, refs) in enumerate(songs):
         mix, vocals = mix[:n], refs["vocals"][:n]
         out = {}
         for pad in (False, True):
@@ -283,7 +284,7 @@ def test_last_segment_padded_to_64_frames_keeps_quality():
                 assert seen == [(1, 2, 512, 1024), (1, 2, 512 if pad else 384, 1024)]
         if len(mix) == n:             # the first segment's samples (minus the tail's reach) are equal
             np.testing.assert_array_equal(out[False][:10 * 44100], out[True][:10 * 44100])
-    assert len(sdr[False]) >= 5
+    assert len(sdr[False]) >= 3
     assert np.mean(sdr[False]) >= np.mean(sdr[True]) - 0.05
 
 
@@ -336,8 +337,7 @@ def test_bf16_precision_keeps_quality():
 
     if not (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()):
         pytest.skip("this CPU has no native bf16: bf16 is correct but slow here")
-    from separator.evaluate import dev_songs
-    _name, mix, refs = next(iter(dev_songs(DATA)))
+    _name, mix, refs = committed_mixtures()[0]
     mix, vocals = mix[: 10 * 44100], refs["vocals"][: 10 * 44100]
     fp32 = Spleeter2Stems("cpu", precision="fp32").separate(mix)
     bf16 = Spleeter2Stems("cpu", precision="bf16").separate(mix)

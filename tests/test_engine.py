@@ -18,7 +18,7 @@ from separator.media import load_audio, probe
 from separator.request import AudioConfig, parse_job_request
 from separator.storage import LocalStorage
 
-from conftest import run_ffmpeg
+from conftest import mixture_path, run_ffmpeg
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "test-1234567890"
@@ -26,15 +26,10 @@ CLIP_SECONDS = 4
 
 
 @pytest.fixture(scope="module")
-def song_clip(shared_data, tmp_path_factory) -> Path:
-    """4 s of a real song with vocals (MUSDB 'Cristina Vane - So Easy' vocals + accompaniment)."""
-    folder = shared_data / "waveunet-musdb18-examples" / "Cristina Vane - So Easy"
-    if not folder.is_dir():
-        pytest.skip(f"missing {folder}")
-    out = tmp_path_factory.mktemp("clip") / "so_easy.wav"
-    run_ffmpeg("-ss", "10", "-t", str(CLIP_SECONDS), "-i", str(folder / "vocals_true.mp3"),
-               "-ss", "10", "-t", str(CLIP_SECONDS), "-i", str(folder / "accompaniment_true.mp3"),
-               "-filter_complex", "[0][1]amix=inputs=2:normalize=0", "-c:a", "pcm_s16le", str(out))
+def song_clip(tmp_path_factory) -> Path:
+    """4 s of real singing over real music (the committed mixture tests/data/mixtures/vocadito-vibeace)."""
+    out = tmp_path_factory.mktemp("clip") / "vocadito_vibeace.wav"
+    run_ffmpeg("-t", str(CLIP_SECONDS), "-i", str(mixture_path("vocadito-vibeace")), "-c:a", "pcm_s16le", str(out))
     return out
 
 

@@ -1,8 +1,8 @@
 """``separator eval`` on two short real songs in the generic folder layout.
 
-The songs are cut with ffmpeg from real MUSDB18 stems (the Wave-U-Net examples in
-``../shared/data``) into a temporary folder: one with a ``mixture.wav``, one without (its
-mixture is the sum of the stems).  Checks: the table and the JSON are produced, the
+The songs are cut with ffmpeg from the real mixtures' stems committed in ``tests/data``
+into a temporary folder: one with a ``mixture.wav``, one without (its mixture is the sum of
+the stems).  Checks: the table and the JSON are produced, the
 figures are finite, and the bundled model beats "no separation" by a wide margin.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-WU = DATA / "waveunet-musdb18-examples"
-SONGS = {"Cristina Vane - So Easy": 8.0, "The Mountaineering Club - Mallory": 12.0}   # start second
+from conftest import MIXTURES
+
+SONGS = {"vocadito-vibeace": 0.5, "librispeech-brahms": 1.0}   # start second
 LENGTH = 6.0
 
 
@@ -29,8 +29,6 @@ def _cut(src: Path, dst: Path, start: float) -> None:
 
 @pytest.fixture(scope="module")
 def songs_dir(tmp_path_factory) -> Path:
-    if not all((WU / s / "vocals_true.mp3").is_file() for s in SONGS):
-        pytest.skip(f"dev audio not found at {WU} (../shared/data): eval test skipped")
     if not shutil.which("ffmpeg"):
         pytest.skip("ffmpeg is needed")
     pytest.importorskip("museval", reason="museval (dev extra) is needed to score")
@@ -38,8 +36,8 @@ def songs_dir(tmp_path_factory) -> Path:
     for i, (song, start) in enumerate(SONGS.items()):
         d = root / f"song{i + 1}"
         d.mkdir()
-        _cut(WU / song / "vocals_true.mp3", d / "vocals.wav", start)
-        _cut(WU / song / "accompaniment_true.mp3", d / "accompaniment.wav", start)
+        _cut(MIXTURES / song / "vocals.flac", d / "vocals.wav", start)
+        _cut(MIXTURES / song / "accompaniment.flac", d / "accompaniment.wav", start)
         if i == 0:   # an explicit mixture (the other song's is the sum of its stems)
             from separator.evaluate import decode
             mix = decode(d / "vocals.wav") + decode(d / "accompaniment.wav")

@@ -90,7 +90,7 @@ def test_probe_mp3(data_file):
     p = probe(data_file("mp3"))
     assert (p.codec, p.samplerate, p.channels) == ("mp3", 44100, 2)
     assert p.bitrate == pytest.approx(128.0)
-    assert p.duration == pytest.approx(30.04, abs=0.05)
+    assert p.duration == pytest.approx(6.034, abs=0.005)
     assert not p.has_video and not p.duration_estimated
 
 
@@ -105,9 +105,9 @@ def test_media_info_shape(data_file):
     a, f = info["Stream"]["Audio"][0], info["Format"]
     assert a["Bitrate"] == "128.000000" and a["SampleRate"] == "44100" and a["Channel"] == "2"
     assert a["CodecName"] == "mp3" and a["CodecTimeBase"] == "1/44100" and a["Index"] == "0"
-    assert f["Duration"] == "30.040816" and f["FormatName"] == "mp3" and f["NumStream"] == "1"
+    assert f["Duration"] == "6.034286" and f["FormatName"] == "mp3" and f["NumStream"] == "1"
     assert f["Size"] == str(data_file("mp3").stat().st_size)
-    assert float(f["Bitrate"]) == pytest.approx(128.111)
+    assert float(f["Bitrate"]) == pytest.approx(129.002)  # 128 kbps + the ID3 tag
 
 
 def test_media_info_stem_mp4_has_five_audio_streams(data_file):
@@ -176,7 +176,7 @@ def test_truncated_ogg_decodes_as_shorter_file(data_file, tmp_path, cut):
     bad = cut(data_file("ogg"), tmp_path / "cut.ogg", keep=1 / 3)
     x = load_audio(bad)
     assert x.shape[0] / SR == pytest.approx(probe(bad).duration, abs=0.05)
-    assert x.shape[0] / SR < 50
+    assert x.shape[0] / SR < 4
 
 
 def test_truncated_mp3_without_xing_is_tolerated(synth, tmp_path, cut):
@@ -194,7 +194,7 @@ def test_glitch_in_mp3_is_tolerated(data_file, tmp_path, caplog):
     bad.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING, logger="separator.media.decode"):
         x = load_audio(bad)
-    assert x.shape[0] / SR == pytest.approx(30.0, abs=0.5)
+    assert x.shape[0] / SR == pytest.approx(6.0, abs=0.5)
     assert any("error line" in r.getMessage() for r in caplog.records)
 
 
@@ -251,9 +251,9 @@ def test_streaming_equals_one_shot(data_file):
 
 
 def test_streaming_does_not_load_the_whole_file(data_file, monkeypatch):
-    path = data_file("ogg")  # 133 s stereo: 47 MB of float32
+    path = data_file("ogg")  # 8 s stereo: 2.8 MB of float32, 80 blocks of 0.1 s
     spy = PopenSpy(monkeypatch, decode_mod)
-    block = 44100
+    block = 4410
     gen = decode_stream(path, SR, CH, block_frames=block)
     tracemalloc.start()
     try:
@@ -267,9 +267,9 @@ def test_streaming_does_not_load_the_whole_file(data_file, monkeypatch):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert total / SR == pytest.approx(133.0, abs=0.1)
+    assert total / SR == pytest.approx(8.0, abs=0.1)
     assert peak_block <= block
-    assert peak < 20 * block * CH * 4  # a few blocks at most, far below the 47 MB total
+    assert peak < 20 * block * CH * 4  # a few blocks at most, far below the 2.8 MB total
 
 
 def test_generator_close_kills_ffmpeg(data_file, monkeypatch):

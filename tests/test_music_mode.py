@@ -27,10 +27,8 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clip(shared_data, tmp_path_factory) -> Path:
-    src = shared_data / "museval-musdb18-80srock" / "Music Delta - 80s Rock.stem.mp4"
-    if not src.is_file():
-        pytest.skip(f"missing {src}")
+def clip(data_file, tmp_path_factory) -> Path:
+    src = data_file("stem_mp4")
     out = tmp_path_factory.mktemp("clip") / "rock.wav"
     run_ffmpeg("-t", "3", "-i", str(src), "-map", "0:a:0", "-c:a", "pcm_s16le", str(out))
     return out

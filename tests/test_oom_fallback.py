@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demucs_fixtures as fx  # noqa: E402
+from conftest import long_mixture  # noqa: E402
 
 from separator.core import model_store, registry  # noqa: E402
 from separator.core.demucs_backend import load_demucs  # noqa: E402
@@ -27,8 +28,6 @@ from separator.core.oom import MAX_DEVICE_FAILURES, free_cuda_cache, is_oom  # n
 from separator.core.spleeter import PRECISIONS, Spleeter2Stems, auto_precision, tf_stft  # noqa: E402
 
 DATA = fx.DATA
-BEARLIN = DATA / "sisec2011-music-dev-pyroomacoustics" / "Bearlin_Roads" / "dev1__bearlin-roads__snip_85_99__mix.wav"
-SONG = DATA / "librosa-data" / "Karissa_Hobbs_-_Lets_Go_Fishin.hq.ogg"
 CPU = torch.device("cpu")
 OOM_LOGGER = "separator.core.oom"
 
@@ -87,12 +86,6 @@ class Faults:
 
 
 # --------------------------------------------------------------------------- real audio
-def _decode(path: Path, seconds: float) -> np.ndarray:
-    if not path.is_file():
-        pytest.skip(f"shared test audio not found: {path}")
-    return fx.decode(path, seconds=seconds)
-
-
 @pytest.fixture(scope="module")
 def spleeter() -> Spleeter2Stems:
     """One model for the Spleeter tests; each test gets a fresh fall-back state (``fresh``)."""
@@ -115,9 +108,9 @@ def _mag(model: Spleeter2Stems, audio: np.ndarray) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def mags(spleeter) -> dict[int, torch.Tensor]:
-    """Magnitudes of a real song, exactly 1, 2 and 3 whole U-Net segments (512 frames each; a
-    partial last segment would run as a batch of its own)."""
-    song = _decode(SONG, 36.0)
+    """Magnitudes of real music, exactly 1, 2 and 3 whole U-Net segments (512 frames each; a
+    partial last segment would run as a batch of its own): the committed mixtures end to end."""
+    song, _ = long_mixture(36.0)
     p = spleeter.p
     out = {n: _mag(spleeter, song[:n * p.segment_frames * p.frame_step - p.frame_length]) for n in (1, 2, 3)}
     for n, m in out.items():
@@ -327,15 +320,15 @@ def test_separate_file_succeeds_despite_oom(tmp_path, caplog):
     from separator.media import load_audio
     from separator.request import AudioConfig
 
-    if not BEARLIN.is_file():
-        pytest.skip(f"dev audio not found at {BEARLIN}")
+    song = tmp_path / "song.wav"                 # 15 s of real mixtures: two U-Net segments, one batch
+    fx.write_f32_wav(song, long_mixture(15.0)[0])
     cfg = AudioConfig(codec="wav", samplerate=44100, channels=2)
     opts = {"batch": 2}
     roles = ("vocals", "background")
 
     def run(folder: Path):
         targets = {r: folder / f"{r}.wav" for r in roles}
-        separate_file(BEARLIN, targets, mode="AudioAndBackground", audio_config=cfg, model="spleeter-2stems",
+        separate_file(song, targets, mode="AudioAndBackground", audio_config=cfg, model="spleeter-2stems",
                       device="cpu", model_options=opts)
         return {r: load_audio(targets[r], 44100, 2) for r in roles}
 
@@ -353,7 +346,7 @@ def test_separate_file_succeeds_despite_oom(tmp_path, caplog):
     finally:
         loaded.oom.reset()
         loaded.oom.fallback_device = None
-    mix = load_audio(BEARLIN, 44100, 2)
+    mix = load_audio(song, 44100, 2)
     for r in roles:
         assert out[r].shape == ref[r].shape and len(out[r]) == len(mix)
         np.testing.assert_allclose(out[r], ref[r], atol=2 / 32768)

@@ -3,16 +3,13 @@ equations, its invariants, and ``wiener=True`` separation on a real clip."""
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import long_mixture
 from separator.core.wiener import softmask, wiener, wiener_cf
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-BEARLIN = DATA / "sisec2011-music-dev-pyroomacoustics" / "Bearlin_Roads"
 
 
 @pytest.fixture(autouse=True)
@@ -131,18 +128,10 @@ def test_silent_input_gives_silence():
 
 
 # --------------------------------------------------------------------------- separation
-def _bearlin():
-    mix = BEARLIN / "dev1__bearlin-roads__snip_85_99__mix.wav"
-    tracks = BEARLIN / "dev1__bearlin-roads__tracks"
-    if not mix.is_file() or not tracks.is_dir():
-        pytest.skip(f"dev audio not found at {DATA}")
-    from separator.evaluate import decode
-    files = sorted(tracks.glob("*.wav"))
-    vocals = decode(next(f for f in files if f.name.endswith("__vocals.wav")))
-    others = [decode(f) for f in files if not f.name.endswith("__vocals.wav")]
-    n = min(len(vocals), *(len(o) for o in others))
-    vocals = vocals[:n]
-    return vocals + sum(o[:n] for o in others), vocals
+def _real_clip():
+    """8 s of the committed real mixtures (tests/data) and their vocals."""
+    mix, stems = long_mixture(8.0)
+    return mix, stems["vocals"]
 
 
 def test_wiener_separation_on_a_real_clip():
@@ -150,7 +139,7 @@ def test_wiener_separation_on_a_real_clip():
     from separator.core.spleeter import Spleeter2Stems
     from separator.evaluate import global_sdr
 
-    mix, vocals = _bearlin()
+    mix, vocals = _real_clip()
     mix, vocals = mix[: 8 * 44100], vocals[: 8 * 44100]
     plain = Spleeter2Stems("cpu").separate(mix)
     model = registry.load_model("spleeter-2stems", "cpu", wiener=True, precision="fp32")
