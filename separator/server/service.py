@@ -38,6 +38,7 @@ from ..request import (
     parse_job_request, parse_template_request, parse_time, render_callback,
 )
 from ..storage import LocalStorage
+from ..storage.local import remove_temporaries
 from .config import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,11 @@ class JobService:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
+        # No worker runs yet and no request is being served: every temporary file under the
+        # root is what a killed server, worker or upload left behind.
+        swept = remove_temporaries(self.cfg.storage)
+        if swept:
+            log.warning("removed %d temporary file(s) left by an interrupted run", swept)
         again = self.store.recover()
         if again:
             log.warning("%d job(s) were running when the server stopped; they run again: %s",

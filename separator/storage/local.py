@@ -9,8 +9,10 @@ written atomically: a temporary file in the same directory, fsync, then
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +24,32 @@ from ..errors import CIError
 BUCKET_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?-[0-9]{1,20}$")
 MAX_KEY_BYTES = 850  # COS limit for object keys
 TMP_PREFIX = ".separator-tmp-"
+# A hash of this host's name in every temporary's name: the workers of a Ray cluster share one
+# storage root, and the same pid can be running on two nodes at once.
+_HOST = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def temp_owner(pid: int | None = None) -> str:
+    """Who wrote a temporary file, as its name says after :data:`TMP_PREFIX`:
+    ``<pid>.<host hash>`` of the process ``pid`` on this host (default: this process).
+    :func:`atomic_file` names its temporaries ``<TMP_PREFIX><owner>-<random><suffix>``, so
+    that the temporaries of one dead writer can be removed without touching anyone else's."""
+    return f"{os.getpid() if pid is None else pid}.{_HOST}"
+
+
+def remove_temporaries(root: str | os.PathLike[str], owner: str | None = None) -> int:
+    """Remove the temporary files under ``root`` that :func:`atomic_file` left behind: those of
+    ``owner`` (see :func:`temp_owner`), or all of them.  Only when their writer is gone (a killed
+    server or worker): a live writer's temporary is its unfinished output.  Returns how many."""
+    prefix = TMP_PREFIX + (f"{owner}-" if owner else "")
+    removed = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if name.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed
 
 
 def validate_bucket(bucket: str) -> str:
@@ -141,7 +169,7 @@ def atomic_file(final: str | os.PathLike[str]) -> Iterator[Path]:
     ``final``; on any exception remove it, leaving ``final`` as it was."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=final.suffix, dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{temp_owner()}-", suffix=final.suffix, dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -1,0 +1,184 @@
+"""Hardening of the job service (issue 14, items 10–17), over real signed HTTP and the official SDK.
+
+Most tests share one server running the **fake fast engine** (``separator.jobs.workers:fake_engine``:
+it copies the input to each output key, holding the outputs' temporary files open while it
+sleeps ``delay`` seconds, as the real engine holds them while it separates).  The temp-file,
+logging and configuration drills start their own servers.  Nothing here sleeps for a fixed
+time: every wait polls a condition with a deadline.
+"""
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import pytest
+
+pytest.importorskip("qcloud_cos")
+from qcloud_cos.cos_exception import CosServiceError  # noqa: E402
+
+from separator.server.signature import sign  # noqa: E402
+from separator.server.testing import (  # noqa: E402
+    BUCKET, REGION, SECRET_ID, SECRET_KEY, ServerProcess, write_config,
+)
+from separator.storage.local import TMP_PREFIX  # noqa: E402
+
+HOST = f"{BUCKET}.cos.{REGION}.myqcloud.com"
+FAKE = "separator.jobs.workers:fake_engine"
+
+
+def wait_for(cond, timeout=30.0, what="condition"):
+    deadline = time.time() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+def wait_jobs(client, ids, states=("Success", "Failed", "Cancel"), timeout=60.0) -> dict[str, dict]:
+    def done():
+        r = client.ci_get_media_jobs(Bucket=BUCKET, JobIDs=",".join(ids))
+        out = {d["JobId"]: d for d in r["JobsDetail"]}
+        return out if all(out[j]["State"] in states for j in ids) else None
+    return wait_for(done, timeout, f"jobs {ids} in {states}")
+
+
+def job_body(out_dir="out", **op):
+    return {"Tag": "VoiceSeparate", "Input": {"Object": "in/song.wav"},
+            "Operation": {"VoiceSeparate": {"AudioMode": "AudioAndBackground", "AudioConfig": {"Codec": "mp3"}},
+                          "Output": {"Region": REGION, "Bucket": BUCKET, "Object": f"{out_dir}/bg.${{ext}}",
+                                     "AuObject": f"{out_dir}/vocals.${{ext}}"}, **op}}
+
+
+def submit(client, body) -> str:
+    return client.ci_create_media_jobs(Bucket=BUCKET, Jobs=body, Lst={})["JobsDetail"][0]["JobId"]
+
+
+def temps(folder: Path) -> set[str]:
+    return {p.name for p in folder.rglob(f"{TMP_PREFIX}*")} if folder.exists() else set()
+
+
+def raw(port, method, path, *, body=b"", headers=None, query=None, host=HOST):
+    """A hand-signed request; ``query`` holds decoded values (encoded here for the wire)."""
+    hdrs = {"Host": host, "Content-Length": str(len(body)), **(headers or {})}
+    query = query or {}
+    target = quote(path) + ("?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in query.items())
+                            if query else "")
+    hdrs["Authorization"] = sign(SECRET_ID, SECRET_KEY, method, path, query, dict(hdrs))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, target, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("hardening")
+    root = base / "storage"
+    root.mkdir()
+    cfg = write_config(base / "server.toml", engine=FAKE, engine_options={"delay": 0.0})
+    server = ServerProcess(root, cfg, workers=1).start()
+    client = server.client()
+    client.put_object(Bucket=BUCKET, Body=b"RIFF-not-really-audio" * 10, Key="in/song.wav")
+    yield {"server": server, "client": client, "root": root, "port": server.port}
+    server.stop()
+
+
+# -- 10: temporary files ---------------------------------------------------------------------------
+
+def _fake_server(tmp_path, *, delay, workers=1, run_log=None):
+    root = tmp_path / "storage"
+    root.mkdir(exist_ok=True)
+    opts = {"delay": delay, **({"run_log": str(run_log)} if run_log else {})}
+    cfg = write_config(tmp_path / "server.toml", engine=FAKE, engine_options=opts)
+    return ServerProcess(root, cfg, workers=workers)
+
+
+def _runs(log: Path) -> list[tuple[str, int]]:
+    if not log.exists():
+        return []
+    return [(j, int(p)) for j, p in (line.split() for line in log.read_text().splitlines())]
+
+
+def test_lost_worker_temps_go_on_requeue_and_on_fail_and_other_jobs_keep_theirs(tmp_path):
+    run_log = tmp_path / "runs.log"
+    server = _fake_server(tmp_path, delay=120, workers=2, run_log=run_log).start()
+    bucket = server.storage / BUCKET
+    try:
+        c = server.client()
+        c.put_object(Bucket=BUCKET, Body=b"audio" * 100, Key="in/song.wav")
+        doomed = submit(c, job_body("doomed"))
+        bystander = submit(c, job_body("bystander"))
+        theirs = wait_for(lambda: len(temps(bucket / "bystander")) == 2 and temps(bucket / "bystander"),
+                          what="bystander temps")
+        for attempt in (1, 2):
+            first = wait_for(lambda: len(temps(bucket / "doomed")) == 2 and temps(bucket / "doomed"),
+                             what=f"doomed temps, attempt {attempt}")
+            pid = [p for j, p in _runs(run_log) if j == doomed][-1]
+            os.kill(pid, signal.SIGKILL)
+            if attempt == 1:  # requeued: runs again on a respawned worker
+                wait_for(lambda: [j for j, _ in _runs(run_log)].count(doomed) == 2, what="second attempt")
+            else:
+                d = wait_jobs(c, [doomed])[doomed]
+                assert d["State"] == "Failed" and d["Code"] == "InternalError"
+            assert not first & temps(bucket / "doomed"), "the lost attempt's temporaries stayed"
+        assert not temps(bucket / "doomed")
+        assert temps(bucket / "bystander") == theirs  # a concurrent job's temporaries are untouched
+        assert wait_jobs(c, [bystander], states=("Running",))[bystander]["State"] == "Running"
+    finally:
+        server.stop(kill=True)
+
+
+def test_restart_sweeps_temps_left_by_a_killed_server(tmp_path):
+    server = _fake_server(tmp_path, delay=120).start()
+    root = server.storage
+    try:
+        c = server.client()
+        c.put_object(Bucket=BUCKET, Body=b"audio" * 100, Key="in/song.wav")
+        submit(c, job_body("out"))
+        left = wait_for(lambda: len(temps(root / BUCKET / "out")) == 2 and temps(root / BUCKET / "out"))
+        upload = c.create_multipart_upload(Bucket=BUCKET, Key="big.bin")["UploadId"]
+    finally:
+        server.stop(kill=True)
+    # what a killed PUT and a killed part upload leave behind
+    (root / BUCKET / "in" / f"{TMP_PREFIX}999999-abc.wav").write_bytes(b"partial")
+    part = root / ".separator" / "multipart" / upload / f"{TMP_PREFIX}999999-abc.part"
+    part.write_bytes(b"partial")
+    assert left <= temps(root / BUCKET / "out")
+    server = ServerProcess(root, server.config).start()
+    try:
+        assert not left & temps(root / BUCKET / "out")
+        assert not temps(root / BUCKET / "in") and not part.exists()
+        assert (part.parent / "meta.json").exists()  # the upload itself is still there
+    finally:
+        server.stop(kill=True)
+
+
+def test_sigterm_leaves_no_temps(tmp_path):
+    server = _fake_server(tmp_path, delay=120).start()
+    root = server.storage
+    try:
+        c = server.client()
+        c.put_object(Bucket=BUCKET, Body=b"audio" * 100, Key="in/song.wav")
+        submit(c, job_body("out"))
+        wait_for(lambda: len(temps(root / BUCKET / "out")) == 2)
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(30)  # uvicorn shuts down gracefully, then re-raises the signal
+        assert not temps(root)
+    finally:
+        server.stop(kill=True)
+
+
