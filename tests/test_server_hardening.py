@@ -182,3 +182,65 @@ def test_sigterm_leaves_no_temps(tmp_path):
         server.stop(kill=True)
 
 
+# -- 11: keys that clash with folders --------------------------------------------------------------
+
+def test_key_folder_clashes_answer_like_cos_or_4xx(env):
+    c, port = env["client"], env["port"]
+    c.put_object(Bucket=BUCKET, Body=b"a", Key="c/a.txt")
+    c.delete_object(Bucket=BUCKET, Key="c")                 # COS: 204, and c/a.txt stays
+    assert c.object_exists(Bucket=BUCKET, Key="c/a.txt")
+    for key in ("c", "c/a.txt/b"):
+        with pytest.raises(CosServiceError) as ei:
+            c.put_object(Bucket=BUCKET, Body=b"x", Key=key)
+        assert ei.value.get_status_code() == 400 and ei.value.get_error_code() == "InvalidArgument", key
+        assert "folder" in ei.value.get_error_msg()
+    for key in ("c", "c/a.txt/b"):
+        with pytest.raises(CosServiceError) as ei:
+            c.get_object(Bucket=BUCKET, Key=key)
+        assert ei.value.get_status_code() == 404 and ei.value.get_error_code() == "NoSuchKey"
+        assert not c.object_exists(Bucket=BUCKET, Key=key)
+    c.delete_object(Bucket=BUCKET, Key="c/a.txt/b")
+    # multipart uploads: refused at the start when the key clashes, and at completion when a
+    # folder of that name appeared meanwhile
+    for key in ("c", "c/a.txt/b"):
+        status, _, body = raw(port, "POST", f"/{key}", query={"uploads": ""})
+        assert status == 400 and b"<Code>InvalidArgument</Code>" in body, key
+    upload = c.create_multipart_upload(Bucket=BUCKET, Key="m")["UploadId"]
+    etag = c.upload_part(Bucket=BUCKET, Key="m", Body=b"x" * 10, PartNumber=1, UploadId=upload)["ETag"]
+    c.put_object(Bucket=BUCKET, Body=b"x", Key="m/inside.txt")
+    with pytest.raises(CosServiceError) as ei:
+        c.complete_multipart_upload(Bucket=BUCKET, Key="m", UploadId=upload,
+                                    MultipartUpload={"Part": [{"PartNumber": 1, "ETag": etag}]})
+    assert ei.value.get_status_code() == 400 and ei.value.get_error_code() == "InvalidArgument"
+    assert c.get_object(Bucket=BUCKET, Key="c/a.txt")["Body"].get_raw_stream().read() == b"a"
+    # once the folder's last object is gone, its name is free for an object (as in COS)
+    c.delete_object(Bucket=BUCKET, Key="c/a.txt")
+    c.put_object(Bucket=BUCKET, Body=b"now an object", Key="c")
+    assert c.get_object(Bucket=BUCKET, Key="c")["Body"].get_raw_stream().read() == b"now an object"
+    c.delete_object(Bucket=BUCKET, Key="c")
+
+
+def test_job_whose_output_clashes_with_a_folder_fails_with_invalid_argument(env):
+    c = env["client"]
+    c.put_object(Bucket=BUCKET, Body=b"x", Key="clash/bg.mp3/inside.txt")
+    jid = submit(c, job_body("clash"))
+    d = wait_jobs(c, [jid])[jid]
+    assert d["State"] == "Failed" and d["Code"] == "InvalidArgument", d
+    assert "clash/bg.mp3" in d["Message"]
+
+
+def test_run_job_output_clash_is_invalid_argument_before_separating(tmp_path, synth):
+    from separator.jobs.job import run_job
+    from separator.request import parse_job_request
+    from separator.request.xmltree import to_xml
+    from separator.storage import LocalStorage
+
+    storage = LocalStorage(tmp_path)
+    storage.put_bytes(BUCKET, "in/song.wav", synth("stereo_wav").read_bytes())
+    storage.put_bytes(BUCKET, "out/bg.mp3/x.txt", b"x")       # out/bg.mp3 is a folder
+    req, _ = parse_job_request(to_xml("Request", {**job_body("out"), "Input": {"Object": "in/song.wav"}}))
+    rec = run_job(req, storage, bucket=BUCKET, region=REGION, device="cpu")
+    assert rec.state == "Failed" and rec.code == "InvalidArgument", (rec.code, rec.message)
+    assert not temps(tmp_path)
+
+

@@ -177,7 +177,7 @@ class ObjectAPI:
         if request.headers.get("x-cos-copy-source"):
             raise CIError("NotImplemented", "PUT Object - Copy is not supported by the local server",
                           status=501, resource=key)
-        final = self.storage.object_path(bucket, key)
+        final = self.storage.object_path(bucket, key, write=True)
         self.storage.bucket_path(bucket, create=True)
         with atomic_file(final) as tmp:
             md5, _ = await self._receive_to(request, tmp)
@@ -246,7 +246,7 @@ class ObjectAPI:
         return d
 
     def initiate(self, request: Request, bucket: str, key: str) -> Response:
-        self.storage.object_path(bucket, key)  # validate the key now
+        self.storage.object_path(bucket, key, write=True)  # refuse a bad key now, not at the end
         upload_id = os.urandom(16).hex()
         d = self.multipart_dir / upload_id
         d.mkdir(parents=True)
@@ -303,7 +303,7 @@ class ObjectAPI:
                 raise CIError("InvalidPart", f"part {n} was not uploaded or its ETag does not match",
                               resource=key)
             numbers.append(n)
-        final = self.storage.object_path(bucket, key)
+        final = self.storage.object_path(bucket, key, write=True)
         self.storage.bucket_path(bucket, create=True)
         md5 = hashlib.md5()
         with atomic_file(final) as tmp, open(tmp, "wb") as out:

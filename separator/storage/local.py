@@ -99,12 +99,16 @@ class LocalStorage:
             path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def object_path(self, bucket: str, key: str) -> Path:
-        base = self.bucket_path(bucket)
+    def object_path(self, bucket: str, key: str, *, write: bool = False) -> Path:
+        """The file of object ``key``.  ``write``: for writing it now, so a key that a file
+        system cannot hold beside the objects already there is refused (InvalidArgument)."""
+        base = self.bucket_path(bucket).resolve()
         path = (base / validate_key(key)).resolve()
         # Symlinks inside a bucket must not lead out of it.
-        if base.resolve() not in path.parents:
+        if base not in path.parents:
             raise CIError("AccessDenied", f"object key {key!r} escapes its bucket", status=403, resource=key)
+        if write:
+            _check_no_clash(base, path, key)
         return path
 
     # -- reads ---------------------------------------------------------------
@@ -148,7 +152,7 @@ class LocalStorage:
     @contextlib.contextmanager
     def atomic_path(self, bucket: str, key: str) -> Iterator[Path]:
         """A temporary path next to the object; renamed onto it only if the block succeeds."""
-        final = self.object_path(bucket, key)
+        final = self.object_path(bucket, key, write=True)
         self.bucket_path(bucket, create=True)
         with atomic_file(final) as tmp:
             yield tmp
@@ -159,8 +163,37 @@ class LocalStorage:
         return self.object_path(bucket, key)
 
     def delete(self, bucket: str, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.object_path(bucket, key).unlink()
+        """Remove an object (nothing if there is none, e.g. the key is a folder of other objects),
+        then the folders it leaves empty: COS has no folders, so an emptied one must not stay
+        in the way of an object of the same name."""
+        base = self.bucket_path(bucket).resolve()
+        path = self.object_path(bucket, key)
+        try:
+            path.unlink()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return
+        folder = path.parent
+        while folder != base and base in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or in use): it stays, and so do the folders above it
+                break
+            folder = folder.parent
+
+
+def _check_no_clash(base: Path, path: Path, key: str) -> None:
+    """Refuse a key that a file system cannot hold beside the objects already in the bucket:
+    COS keeps ``c`` and ``c/a.txt`` side by side, a directory tree cannot."""
+    for folder in path.parents:
+        if folder == base:
+            break
+        if folder.exists() and not folder.is_dir():
+            name = folder.relative_to(base).as_posix()
+            raise CIError("InvalidArgument", f"object key {key!r} needs {name!r} to be a folder, but "
+                          f"{name!r} is an object; the local storage cannot hold both", resource=key)
+    if path.is_dir():
+        raise CIError("InvalidArgument", f"object key {key!r} is a folder that holds other objects "
+                      f"({key}/…); the local storage cannot hold an object of the same name", resource=key)
 
 
 @contextlib.contextmanager
@@ -168,8 +201,15 @@ def atomic_file(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in ``final``'s directory; on success fsync it and rename it onto
     ``final``; on any exception remove it, leaving ``final`` as it was."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{temp_owner()}-", suffix=final.suffix, dir=final.parent)
+    for attempt in range(3):  # a delete may remove the folder once it is empty: make it again
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{temp_owner()}-", suffix=final.suffix,
+                                       dir=final.parent)
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
