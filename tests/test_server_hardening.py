@@ -244,3 +244,25 @@ def test_run_job_output_clash_is_invalid_argument_before_separating(tmp_path, sy
     assert not temps(tmp_path)
 
 
+# -- 12: control characters in response headers ---------------------------------------------------
+
+@pytest.mark.parametrize("param", ["response-content-type", "response-content-disposition",
+                                   "response-content-encoding", "response-content-language",
+                                   "response-cache-control", "response-expires"])
+@pytest.mark.parametrize("value", ["text/plain\r\nX-Evil: 1", "a\nb", "a\x01b", "a\x7fb"])
+def test_response_overrides_with_control_characters_are_400(env, param, value):
+    status, headers, body = raw(env["port"], "GET", "/in/song.wav", query={param: value})
+    assert status == 400 and b"<Code>InvalidArgument</Code>" in body and "X-Evil" not in headers
+    assert param.encode() in body
+    status, headers, _ = raw(env["port"], "GET", "/in/song.wav", query={param: "fine value"})
+    assert status == 200
+
+
+def test_response_override_with_non_latin_text_is_sent_as_utf8(env):
+    value = 'attachment; filename="中文.mp3"'
+    status, headers, _ = raw(env["port"], "GET", "/in/song.wav",
+                             query={"response-content-disposition": value})
+    assert status == 200
+    assert headers["Content-Disposition"].encode("latin-1").decode("utf-8") == value
+
+

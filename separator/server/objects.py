@@ -216,7 +216,7 @@ class ObjectAPI:
                               ("response-cache-control", "Cache-Control"),
                               ("response-expires", "Expires")):
             if q.get(param):
-                headers[header] = q[param]
+                headers[header] = _header_value(q[param], param)
         start, end, status = 0, size - 1, 200
         rng = request.headers.get("range")
         if rng:
@@ -345,6 +345,15 @@ def parse_range(value: str, size: int) -> tuple[int, int]:
     if start >= size or (b and int(b) < start):
         raise bad
     return start, end
+
+
+def _header_value(value: str, param: str) -> str:
+    """A response header value the client chose: a control character would end the header
+    (CR/LF: a header of the client's own) or break the response, so it is refused; other
+    characters travel as their UTF-8 bytes (Starlette sends header strings as Latin-1)."""
+    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+        raise CIError("InvalidArgument", f"{param} contains control characters", resource=param)
+    return value.encode("utf-8").decode("latin-1")
 
 
 def _read_file(path: Path, start: int, length: int) -> Iterator[bytes]:
