@@ -266,3 +266,42 @@ def test_response_override_with_non_latin_text_is_sent_as_utf8(env):
     assert headers["Content-Disposition"].encode("latin-1").decode("utf-8") == value
 
 
+# -- 13: NotifyConfig.Url ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/x", "gopher://127.0.0.1:70/x",
+                                 "http://", "http://exa mple.com/"])
+def test_queue_notify_url_must_be_http(env, url):
+    c = env["client"]
+    q = c.ci_get_asr_queue(Bucket=BUCKET)["QueueList"][0]
+    with pytest.raises(CosServiceError) as ei:
+        c.ci_update_asr_queue(Bucket=BUCKET, QueueId=q["QueueId"], Request={
+            "State": "Active", "NotifyConfig": {"Url": url, "State": "On", "Type": "Url"}})
+    assert ei.value.get_status_code() == 400 and ei.value.get_error_code() == "InvalidArgument"
+    assert "NotifyConfig.Url" in ei.value.get_error_msg()
+    assert c.ci_get_asr_queue(Bucket=BUCKET)["QueueList"][0]["NotifyConfig"].get("Url") != url
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "gopher://h/x"])
+def test_config_notify_url_must_be_http(tmp_path, url):
+    from separator.server.config import build_config
+
+    path = tmp_path / "c.toml"
+    path.write_text(f'[queue]\nNotifyConfig = {{ Url = "{url}" }}\n')
+    with pytest.raises(ValueError, match="NotifyConfig.Url"):
+        build_config(tmp_path, config_file=str(path))
+
+
+def test_callback_sender_never_dials_a_non_http_url(tmp_path, monkeypatch):
+    from separator.jobs import callback
+
+    opened = []
+    monkeypatch.setattr(callback.urllib.request, "urlopen", lambda req, **kw: opened.append(req.full_url))
+    sender = callback.CallbackSender(timeout=1, retries=0, backoff=0)
+    try:  # a Url stored before the check existed
+        for url in ((tmp_path / "secret.txt").as_uri(), "ftp://127.0.0.1:1/x", "gopher://h/x"):
+            assert sender._deliver("j1", callback.CallbackTarget(url), lambda: b"<x/>") is False
+    finally:
+        sender.close()
+    assert opened == []
+
+

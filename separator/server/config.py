@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..request.parse import is_http_url
+
 
 @dataclass
 class ServerConfig:
@@ -132,6 +134,8 @@ def build_config(storage: str | os.PathLike[str], *, config_file: str | None = N
         queue = data.get("queue") or {}
         cfg.queue_name = str(queue.get("name", cfg.queue_name))
         cfg.queue_notify = {str(k): str(v) for k, v in (queue.get("NotifyConfig") or {}).items()}
+        if cfg.queue_notify.get("Url") and not is_http_url(cfg.queue_notify["Url"]):
+            raise ValueError(f"{config_file}: [queue] NotifyConfig.Url must be an http(s) URL")
         cfg.engine_options = dict(data.get("engine_options") or {})
     for name, value in overrides.items():
         if value is not None:

@@ -37,6 +37,7 @@ from ..request import (
     JobRecord, JobRequest, TemplateRecord, VoiceSeparateParams, merge_template, new_job_id,
     parse_job_request, parse_template_request, parse_time, render_callback,
 )
+from ..request.parse import is_http_url
 from ..storage import LocalStorage
 from ..storage.local import remove_temporaries
 from .config import ServerConfig
@@ -306,6 +307,9 @@ class JobService:
                 raise _bad("NotifyConfig.ResultFormat must be XML or JSON", "NotifyConfig.ResultFormat")
             if notify.get("ResultFormat"):
                 notify["ResultFormat"] = notify["ResultFormat"].upper()
+            if notify.get("Url") and not is_http_url(notify["Url"]):
+                raise _bad(f"NotifyConfig.Url must be an http(s) URL, got {notify['Url'][:80]!r}",
+                           "NotifyConfig.Url")
         q = self.store.update_queue(bucket, queue_id, name=name, state=state, notify=notify)
         log.info("queue %s is now %s", queue_id, q.state)
         if q.state == "Active":
