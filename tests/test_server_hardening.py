@@ -305,3 +305,34 @@ def test_callback_sender_never_dials_a_non_http_url(tmp_path, monkeypatch):
     assert opened == []
 
 
+# -- 14: presigned URLs with CosConfig(IP=...) -------------------------------------------------------
+
+def test_presigned_urls_made_with_an_ip_config_work_path_style(env):
+    c = env["client"]  # CosConfig(IP="127.0.0.1", Port=...): the URL has no bucket in its host
+    data = b"presigned \xe4\xb8\xad"
+    c.put_object(Bucket=BUCKET, Body=data, Key="pre/中文 a+b.txt")
+    url = c.get_presigned_download_url(Bucket=BUCKET, Key=f"{BUCKET}/pre/中文 a+b.txt")
+    assert url.startswith(f"http://127.0.0.1:{env['port']}/{BUCKET}/")
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.status == 200 and resp.read() == data
+    url = c.get_presigned_url(Bucket=BUCKET, Key=f"{BUCKET}/pre/put.bin", Method="PUT")
+    req = urllib.request.Request(url, data=b"put via url", method="PUT")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+    assert c.get_object(Bucket=BUCKET, Key="pre/put.bin")["Body"].get_raw_stream().read() == b"put via url"
+    url = c.get_presigned_download_url(Bucket=BUCKET, Key=f"{BUCKET}/pre/put.bin",
+                                       Params={"response-content-type": "text/x-test"})
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.headers["Content-Type"] == "text/x-test"
+    # tampering with the path breaks the signature
+    bad = url.replace("/pre/put.bin", "/pre/other.bin")
+    with pytest.raises(urllib.error.HTTPError) as ei:
+        urllib.request.urlopen(bad, timeout=10)
+    assert ei.value.code == 403
+    # a key without the bucket in front still says what is missing
+    url = c.get_presigned_download_url(Bucket=BUCKET, Key="pre/put.bin")
+    with pytest.raises(urllib.error.HTTPError) as ei:
+        urllib.request.urlopen(url, timeout=10)
+    assert ei.value.code == 400 and b"InvalidHost" in ei.value.read()
+
+
