@@ -336,3 +336,62 @@ def test_presigned_urls_made_with_an_ip_config_work_path_style(env):
     assert ei.value.code == 400 and b"InvalidHost" in ei.value.read()
 
 
+# -- 15: missing bucket, folder markers, multiple ranges ----------------------------------------------
+
+def test_listing_a_missing_bucket_is_404(env):
+    c = env["server"].client()
+    with pytest.raises(CosServiceError) as ei:
+        c.list_objects(Bucket="nosuch-1250000000")
+    assert ei.value.get_status_code() == 404 and ei.value.get_error_code() == "NoSuchBucket"
+
+
+def test_folder_markers(env):
+    c = env["client"]
+    c.put_object(Bucket=BUCKET, Body=b"", Key="folder/")
+    lst = c.list_objects(Bucket=BUCKET, Prefix="folder/")
+    assert [(o["Key"], o["Size"]) for o in lst["Contents"]] == [("folder/", "0")]
+    h = c.head_object(Bucket=BUCKET, Key="folder/")
+    assert h["Content-Length"] == "0"
+    assert c.get_object(Bucket=BUCKET, Key="folder/")["Body"].get_raw_stream().read() == b""
+    lst = c.list_objects(Bucket=BUCKET, Prefix="", Delimiter="/")
+    assert "folder/" in {p["Prefix"] for p in lst["CommonPrefixes"]}
+    # a job writes its outputs under the marked folder
+    jid = submit(c, job_body("folder"))
+    assert wait_jobs(c, [jid])[jid]["State"] == "Success"
+    keys = [o["Key"] for o in c.list_objects(Bucket=BUCKET, Prefix="folder/")["Contents"]]
+    assert keys == ["folder/", "folder/bg.mp3", "folder/vocals.mp3"]
+    # nested markers, and the hidden marker file is never a key of its own
+    c.put_object(Bucket=BUCKET, Body=b"", Key="folder/sub/")
+    keys = [o["Key"] for o in c.list_objects(Bucket=BUCKET, Prefix="folder/")["Contents"]]
+    assert keys == ["folder/", "folder/bg.mp3", "folder/sub/", "folder/vocals.mp3"]
+    c.delete_object(Bucket=BUCKET, Key="folder/")
+    keys = [o["Key"] for o in c.list_objects(Bucket=BUCKET, Prefix="folder/")["Contents"]]
+    assert keys == ["folder/bg.mp3", "folder/sub/", "folder/vocals.mp3"]
+    assert not c.object_exists(Bucket=BUCKET, Key="folder/")
+    # a marker with content, and a marker whose folder is an object, are refused with 400
+    with pytest.raises(CosServiceError) as ei:
+        c.put_object(Bucket=BUCKET, Body=b"data", Key="other/")
+    assert ei.value.get_status_code() == 400
+    with pytest.raises(CosServiceError) as ei:
+        c.put_object(Bucket=BUCKET, Body=b"", Key="in/song.wav/")
+    assert ei.value.get_status_code() == 400
+
+
+def test_reserved_marker_name_is_not_a_key(env):
+    from separator.storage.local import FOLDER_MARKER
+
+    c = env["client"]
+    for key in (f"x/{FOLDER_MARKER}", FOLDER_MARKER, f"{FOLDER_MARKER}/y"):
+        with pytest.raises(CosServiceError) as ei:
+            c.put_object(Bucket=BUCKET, Body=b"", Key=key)
+        assert ei.value.get_status_code() == 400, key
+
+
+def test_multiple_ranges_get_the_whole_object(env):
+    status, headers, body = raw(env["port"], "GET", "/in/song.wav", headers={"Range": "bytes=0-1,5-6"})
+    assert status == 200 and body == b"RIFF-not-really-audio" * 10
+    assert "Content-Range" not in headers
+    status, _, body = raw(env["port"], "GET", "/in/song.wav", headers={"Range": "bytes=1000-2000"})
+    assert status == 416
+
+

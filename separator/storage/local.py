@@ -24,6 +24,10 @@ from ..errors import CIError
 BUCKET_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?-[0-9]{1,20}$")
 MAX_KEY_BYTES = 850  # COS limit for object keys
 TMP_PREFIX = ".separator-tmp-"
+# A folder marker key ``dir/`` (an empty object, as the COS console makes them) is kept as this
+# hidden file inside ``dir``, so that objects can still be written under the folder.  The name
+# is reserved: no key may use it.
+FOLDER_MARKER = ".separator-folder"
 # A hash of this host's name in every temporary's name: the workers of a Ray cluster share one
 # storage root, and the same pid can be running on two nodes at once.
 _HOST = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
@@ -70,11 +74,12 @@ def validate_key(key: str) -> str:
         raise CIError("InvalidArgument", f"object key {key!r} must be relative and use '/'", resource=key)
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
         raise CIError("InvalidArgument", "object key contains control characters", resource=key)
-    parts = key.split("/")
+    parts = key.split("/")   # "dir/" (a folder marker) ends with an empty part
     if any(p in ("..", ".") for p in parts) or any(p == "" for p in parts[:-1]):
         raise CIError("InvalidArgument", f"object key {key!r} has an empty, '.' or '..' segment", resource=key)
-    if parts[-1] == "" or parts[-1].startswith(TMP_PREFIX):
-        raise CIError("InvalidArgument", f"object key {key!r} does not name a file", resource=key)
+    if FOLDER_MARKER in parts or parts[-1].startswith(TMP_PREFIX):
+        raise CIError("InvalidArgument", f"object key {key!r} uses a name the local storage reserves",
+                      resource=key)
     return key
 
 
@@ -103,11 +108,15 @@ class LocalStorage:
         """The file of object ``key``.  ``write``: for writing it now, so a key that a file
         system cannot hold beside the objects already there is refused (InvalidArgument)."""
         base = self.bucket_path(bucket).resolve()
-        path = (base / validate_key(key)).resolve()
+        validate_key(key)
+        path = (base / (key + FOLDER_MARKER if key.endswith("/") else key)).resolve()
         # Symlinks inside a bucket must not lead out of it.
         if base not in path.parents:
             raise CIError("AccessDenied", f"object key {key!r} escapes its bucket", status=403, resource=key)
         if write:
+            if key.endswith("/"):  # only make_folder writes one
+                raise CIError("InvalidArgument", f"object key {key!r} ends with '/': it can only be an "
+                              "empty folder marker", resource=key)
             _check_no_clash(base, path, key)
         return path
 
@@ -143,6 +152,8 @@ class LocalStorage:
                     continue
                 path = Path(dirpath) / name
                 key = path.relative_to(base).as_posix()
+                if name == FOLDER_MARKER:
+                    key = key[:-len(FOLDER_MARKER)]
                 if key.startswith(prefix):
                     st = path.stat()
                     found.append(ObjectInfo(key, st.st_size, st.st_mtime, path))
@@ -161,6 +172,16 @@ class LocalStorage:
         with self.atomic_path(bucket, key) as tmp:
             tmp.write_bytes(data)
         return self.object_path(bucket, key)
+
+    def make_folder(self, bucket: str, key: str) -> Path:
+        """Write the folder marker ``key`` (``dir/``, see :data:`FOLDER_MARKER`)."""
+        if not key.endswith("/"):
+            raise ValueError(f"a folder marker key ends with '/', not {key!r}")
+        path = self.object_path(bucket, key)
+        _check_no_clash(self.bucket_path(bucket).resolve(), path, key)
+        with atomic_file(path):
+            pass
+        return path
 
     def delete(self, bucket: str, key: str) -> None:
         """Remove an object (nothing if there is none, e.g. the key is a folder of other objects),
