@@ -395,3 +395,37 @@ def test_multiple_ranges_get_the_whole_object(env):
     assert status == 416
 
 
+# -- 16: logging -------------------------------------------------------------------------------------
+
+def test_serve_log_level_info_logs_one_line_per_finished_job(tmp_path):
+    root = tmp_path / "storage"
+    root.mkdir()
+    cfg = write_config(tmp_path / "server.toml", engine=FAKE)
+    cli = [sys.executable, "-m", "separator", "serve", "--log-level", "info"]
+    server = ServerProcess(root, cfg, command=cli).start()
+    try:
+        c = server.client()
+        c.put_object(Bucket=BUCKET, Body=b"audio" * 100, Key="in/song.wav")
+        ok = submit(c, job_body("logged"))
+        c.put_object(Bucket=BUCKET, Body=b"x", Key="logclash/bg.mp3/x")
+        bad = submit(c, job_body("logclash"))
+        wait_jobs(c, [ok, bad])
+
+        def ended(jid):
+            return [ln for ln in server.log.read_text().splitlines() if jid in ln and " ended " in ln]
+        line = wait_for(lambda: ended(ok), what="job end line")
+        assert len(line) == 1 and "INFO" in line[0] and "Success" in line[0] and "in/song.wav" in line[0]
+        assert " s" in line[0]
+        line = wait_for(lambda: ended(bad), what="failed job end line")
+        assert len(line) == 1 and "Failed (InvalidArgument)" in line[0]
+        q = c.ci_get_asr_queue(Bucket=BUCKET)["QueueList"][0]
+        c.ci_update_asr_queue(Bucket=BUCKET, QueueId=q["QueueId"], Request={"State": "Paused"})
+        waiting = submit(c, job_body("logged"))
+        c.ci_cancel_jobs(Bucket=BUCKET, JobID=waiting)
+        c.ci_cancel_jobs(Bucket=BUCKET, JobID=waiting)  # again: still one line
+        line = wait_for(lambda: ended(waiting), what="cancelled job end line")
+        assert len(line) == 1 and "Cancel" in line[0]
+    finally:
+        server.stop()
+
+

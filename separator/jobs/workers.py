@@ -563,7 +563,7 @@ class WorkerPool:
         changed = self.store.finish(job_id, attempt=attempt, state=state, code=result["code"],
                                     message=result["message"], result=result,
                                     started=result.get("started"), ended=result.get("ended"))
-        log.info("job %s %s (%s) on worker %s", job_id, state, result["code"], ev.slot)
+        log.debug("job %s %s (%s) on worker %s", job_id, state, result["code"], ev.slot)
         if changed:
             self._notify(job_id)
 

@@ -47,8 +47,10 @@ def run_server(cfg: ServerConfig, *, log_level: str = "info") -> None:
 
     from .app import create_app
 
+    # force: ``separator serve`` arrives here with the CLI's logging already set up (WARNING),
+    # which would make a plain basicConfig do nothing and --log-level mean nothing
     logging.basicConfig(level=getattr(logging, log_level.upper()),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     if cfg.anonymous:
         banner = "!" * 78
         log.warning("%s\n  ANONYMOUS ACCESS IS ON: requests are NOT authenticated; anyone who can reach "

@@ -73,6 +73,16 @@ def _names_callback_format(body: bytes, fmt: str) -> bool:
         return False
 
 
+def log_end(row: JobRow) -> None:
+    """The one INFO line of a job that ended: id, state (and code), input, seconds it ran
+    (a job that never started: seconds since it was submitted)."""
+    ended = row.ended or datetime.now(timezone.utc).timestamp()
+    seconds = ended - (row.started or row.created)
+    state = row.state if row.state != "Failed" else f"Failed ({row.code})"
+    log.info("job %s ended %s: input %s/%s, %.2f s", row.job_id, state, row.bucket, row.input_object,
+             seconds)
+
+
 class JobService:
     def __init__(self, cfg: ServerConfig, *, start_workers: bool = True):
         self.cfg = cfg
@@ -216,14 +226,17 @@ class JobService:
         return [self.record(r) for r in rows], token
 
     def cancel(self, bucket: str, job_id: str) -> None:
-        self.store.cancel(bucket, job_id)
-        log.info("job %s cancelled", job_id)
+        before = self.store.job(job_id)
+        row = self.store.cancel(bucket, job_id)
+        if before is not None and before.state != "Cancel":
+            log_end(row)
 
     def job_finished(self, job_id: str) -> None:
-        """Called by the scheduler when a job reaches Success/Failed: send its callback."""
+        """Called by the scheduler when a job reaches Success/Failed: log it, send its callback."""
         row = self.store.job(job_id)
         if row is None:
             return
+        log_end(row)
         req = JobRequest.model_validate_json(row.request)
         queue = self.store.queue(row.queue_id)
         mq = req.callback_mq_config
