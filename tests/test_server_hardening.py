@@ -429,3 +429,119 @@ def test_serve_log_level_info_logs_one_line_per_finished_job(tmp_path):
         server.stop()
 
 
+# -- 17: configuration ---------------------------------------------------------------------------------
+
+def _build(tmp_path, text, name="c.toml"):
+    from separator.server.config import build_config
+
+    path = tmp_path / name
+    path.write_text(text)
+    return build_config(tmp_path, config_file=str(path))
+
+
+@pytest.mark.parametrize("text,named", [
+    ('anonymous = "false"\n', "anonymous"),
+    ('anonymous = 0\n', "anonymous"),
+    ("workers = 1.5\n", "workers"),
+    ('workers = "2"\n', "workers"),
+    ("port = true\n", "port"),
+    ('time_skew = 9.5\n', "time_skew"),
+    ('callback_timeout = "5"\n', "callback_timeout"),
+    ("anonymus = true\n", "anonymus"),
+    ('[[keys]]\nSecretId = "a"\nSecretKey = "b"\nSecretKye = "c"\n', "SecretKye"),
+    ('[[keys]]\nSecretId = "a"\n', "SecretKey"),
+    ('[[keys]]\nSecretId = 1\nSecretKey = "b"\n', "SecretId"),
+    ('[queue]\nnmae = "q"\n', "nmae"),
+    ('[queue]\nNotifyConfig = { Url = "file:///etc/passwd" }\n', "NotifyConfig.Url"),
+    ('[queue]\nNotifyConfig = { Url = "http://h/", Colour = "red" }\n', "Colour"),
+    ('[models]\nKaraoke = "htdemucs"\n', "Karaoke"),
+    ('[models]\nMusicMode = 3\n', "MusicMode"),
+])
+def test_config_is_typed_and_closed(tmp_path, text, named):
+    from separator.server.config import ConfigError
+
+    with pytest.raises(ConfigError) as ei:
+        _build(tmp_path, text)
+    msg = str(ei.value)
+    assert msg.startswith(str(tmp_path / "c.toml") + ": ") and named in msg and "\n" not in msg
+
+
+def test_config_yaml_is_typed_too_and_good_files_still_load(tmp_path):
+    from separator.server.config import ConfigError
+
+    with pytest.raises(ConfigError, match="anonymous"):
+        _build(tmp_path, "anonymous: 'false'\n", "c.yaml")
+    cfg = _build(tmp_path, 'anonymous = false\ncallback_timeout = 2\nworkers = 2\n'
+                 '[[keys]]\nSecretId = "a"\nSecretKey = "b"\n[models]\nMusicMode = "htdemucs"\n'
+                 '[queue]\nname = "q"\nNotifyConfig = { Url = "https://h/cb", ResultFormat = "JSON" }\n'
+                 '[engine_options]\ndelay = 0.5\n')
+    assert cfg.anonymous is False and cfg.callback_timeout == 2.0 and cfg.workers == 2
+    assert cfg.keys == {"a": "b"} and cfg.models == {"MusicMode": "htdemucs"} and cfg.queue_name == "q"
+    assert cfg.queue_notify == {"Url": "https://h/cb", "ResultFormat": "JSON"}
+    assert cfg.engine_options == {"delay": 0.5}
+
+
+def _serve(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "separator", "serve", *args], capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def test_serve_reports_a_bad_config_in_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('anonymous = "false"\n')
+    r = _serve("--storage", str(tmp_path / "s"), "--config", str(bad), "--port", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: ") and "anonymous" in lines[0]
+
+
+def test_serve_refuses_an_unknown_model_and_warns_about_a_missing_one(tmp_path):
+    from separator.core import registry
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[models]\nMusicMode = "no-such-model"\n')
+    r = _serve("--storage", str(tmp_path / "s"), "--config", str(bad), "--port", "0")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {bad}: ")
+    assert "no-such-model" in lines[0]
+    missing = sorted({m.name for m in registry.list_models()} - registry.installed_models())
+    if not missing:
+        pytest.skip("every known model is installed here")
+    root = tmp_path / "storage"
+    root.mkdir()
+    cfg = write_config(tmp_path / "server.toml", engine=FAKE)
+    cfg.write_text(cfg.read_text() + f'[models]\nMusicMode = "{missing[0]}"\n')
+    with ServerProcess(root, cfg) as server:
+        pass
+    text = server.log.read_text()
+    warning = [ln for ln in text.splitlines() if "WARNING" in ln and missing[0] in ln]
+    assert warning and f"separator models pull {missing[0]}" in warning[0]
+
+
+def test_serve_refuses_a_storage_root_it_cannot_use(tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    for storage in (f, f / "below"):
+        r = _serve("--storage", str(storage), "--port", "0")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+        assert str(storage) in lines[0] and "Traceback" not in r.stderr
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    candidates = [ro, Path("/sys/fs")]
+    try:
+        for storage in candidates:
+            try:
+                (storage / ".probe").mkdir()
+            except OSError:
+                break
+            (storage / ".probe").rmdir()
+        else:
+            pytest.skip("no unwritable directory available (running as root?)")
+        r = _serve("--storage", str(storage), "--port", "0")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+        assert str(storage) in lines[0]
+    finally:
+        ro.chmod(0o755)
