@@ -4,9 +4,9 @@ Routing (spec §9.1): the SDK sends ``Host: <bucket>.cos.<region>.myqcloud.com``
 calls, so the bucket (and region) come from the Host, or for COS calls with a Host that
 names none (an IP) from the path, ``/<bucket>/<key>`` (see :func:`path_style`); CI and COS
 calls are told apart **by path** — ``/jobs``, ``/template``, ``/asrqueue`` (and the other CI
-prefixes) are CI; every other path is an object key.  Every request is authenticated first (§8) unless the config
-turns anonymous access on.  Every response carries ``x-cos-request-id``/``x-ci-request-id``;
-errors have the §7 body.
+prefixes) are CI; every other path is an object key.  Every request is authenticated first
+(§8) unless the config turns anonymous access on.  Every response carries
+``x-cos-request-id``/``x-ci-request-id``; errors have the §7 body.
 """
 from __future__ import annotations
 

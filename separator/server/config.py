@@ -195,7 +195,8 @@ def _describe(err: ValidationError) -> str:
     for e in err.errors():
         loc = tuple(e["loc"])
         if loc and loc[-1] == "[key]":          # a dict key, e.g. [models] Karaoke
-            found.append(f"{_where(loc[:-1])}: unknown key ({e['msg'].replace('Input should', 'it should')})")
+            allowed = e["msg"].replace("Input should", "it should")
+            found.append(f"{_where(loc[:-1])}: unknown key ({allowed})")
         elif e["type"] == "extra_forbidden":
             found.append(f"{_where(loc)}: unknown key")
         elif e["type"] == "missing":
@@ -209,9 +210,10 @@ def _describe(err: ValidationError) -> str:
 def read_file(path: str | os.PathLike[str]) -> FileConfig:
     """The checked content of a TOML or YAML (``.yaml``/``.yml``) config file."""
     p = Path(path)
+    kind = "YAML" if p.suffix.lower() in (".yaml", ".yml") else "TOML"
     try:
         text = p.read_bytes()
-        if p.suffix.lower() in (".yaml", ".yml"):
+        if kind == "YAML":
             import yaml
             data = yaml.safe_load(text) or {}
         else:
@@ -219,8 +221,7 @@ def read_file(path: str | os.PathLike[str]) -> FileConfig:
     except OSError as err:
         raise ConfigError(f"{path}: cannot read it ({err.strerror or err})") from None
     except Exception as err:  # TOMLDecodeError, YAMLError, UnicodeDecodeError
-        raise ConfigError(f"{path}: not valid {'YAML' if p.suffix.lower() in ('.yaml', '.yml') else 'TOML'}: "
-                          + " ".join(str(err).split())) from None
+        raise ConfigError(f"{path}: not valid {kind}: " + " ".join(str(err).split())) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the configuration must be a table/mapping")
     try:
