@@ -21,6 +21,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..request.parse import is_http_url
+
 log = logging.getLogger(__name__)
 
 
@@ -86,6 +88,10 @@ class CallbackSender:
             body = body_factory()
         except Exception:
             log.exception("job %s: cannot render the callback body", job_id)
+            return False
+        if not target.url or not is_http_url(target.url):
+            # validated where URLs come in; this guards one stored before that check existed
+            log.error("job %s: callback URL %r is not an http(s) URL; not sent", job_id, target.url)
             return False
         ctype = "application/json" if target.fmt == "JSON" else "application/xml"
         for attempt in range(self.retries + 1):

@@ -69,7 +69,8 @@ def run_job(req: JobRequest, storage: LocalStorage, *, bucket: str, region: str,
         codec = params.audio_config.codec if params.audio_config else None
         targets_keys = resolve_outputs(out, params.audio_mode, codec)
         in_path = storage.require(bucket, req.input_object)
-        targets = {role: storage.object_path(out.bucket, key) for role, key in targets_keys.items()}
+        targets = {role: storage.object_path(out.bucket, key, write=True)
+                   for role, key in targets_keys.items()}
         storage.bucket_path(out.bucket, create=True)
         result = separate_file(in_path, targets, mode=params.audio_mode,
                                audio_config=params.audio_config, model=model or params.model,

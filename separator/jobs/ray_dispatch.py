@@ -69,8 +69,10 @@ class _JobActor:
     def ready(self) -> dict[str, Any]:
         import ray
 
+        from ..storage.local import temp_owner
+
         return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "storage": Path(self.storage_root).is_dir()}
+                "temp_owner": temp_owner(), "storage": Path(self.storage_root).is_dir()}
 
     def run(self, payload: dict[str, Any]) -> dict[str, Any]:
         if self.threads and not self._threads_set:
@@ -324,9 +326,10 @@ class RayActors(Dispatcher):
         return Finished(slot, job_id, attempt, result)
 
     def _lost(self, slot: str, err: Exception) -> Lost:
+        info = self._info.pop(slot, {})
         log.warning("Ray actor %s (pid %s) was lost while running a job (%s); Ray restarts it where it can",
-                    slot, self._info.get(slot, {}).get("pid"), type(err).__name__)
+                    slot, info.get("pid"), type(err).__name__)
         self._state[slot] = "starting"
-        self._info.pop(slot, None)
         self._probes[self._actors[slot].ready.remote()] = slot
-        return Lost(slot, f"the Ray actor running this job was lost ({type(err).__name__})")
+        return Lost(slot, f"the Ray actor running this job was lost ({type(err).__name__})",
+                    info.get("temp_owner"))

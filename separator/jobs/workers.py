@@ -45,6 +45,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from ..storage.local import remove_temporaries, temp_owner
 from .store import JobRow, JobStore
 
 log = logging.getLogger(__name__)
@@ -185,11 +186,18 @@ def run_safely(payload: dict[str, Any], engine: Callable[..., Any], storage: Any
                 "extra": None}
 
 
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def worker_main(conn: Connection, storage_root: str, engine_spec: str, device: str | None,
                 engine_options: dict[str, Any], log_level: int = logging.INFO) -> None:
     """Body of a worker process: receive job payloads, run them, send results back."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
+    # The server stops a busy worker with SIGTERM: unwind (SystemExit), so that the job's open
+    # temporaries are removed by their own ``atomic_file`` instead of being left behind.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logging.basicConfig(level=log_level, format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s")
     from ..storage import LocalStorage
 
@@ -235,9 +243,12 @@ class Finished:
 @dataclass
 class Lost:
     """The worker behind ``slot`` went away (process died, Ray actor or node lost); the job it
-    held, if any, did not finish.  ``reason`` completes "… N times" in the job's message."""
+    held, if any, did not finish.  ``reason`` completes "… N times" in the job's message.
+    ``temp_owner`` names the dead process's temporary files (see
+    :func:`separator.storage.local.temp_owner`; None: unknown)."""
     slot: str
     reason: str
+    temp_owner: str | None = None
 
 
 @dataclass
@@ -413,7 +424,8 @@ class LocalProcesses(Dispatcher):
                 with contextlib.suppress(Exception):
                     w.conn.close()
                 w.dead, w.busy = True, None
-                events.append(Lost(w.name, f"the worker process running this job died (exit code {code})"))
+                events.append(Lost(w.name, f"the worker process running this job died (exit code {code})",
+                                   temp_owner(w.process.pid)))
         return events
 
 
@@ -437,6 +449,7 @@ class WorkerPool:
                  model_for: Callable[[JobRow], str | None] | None = None,
                  dispatcher: Dispatcher | None = None):
         self.store = store
+        self.storage_root = Path(storage_root)
         self.dispatcher = dispatcher or LocalProcesses(
             storage_root=str(storage_root), workers=workers, engine=engine, device=device,
             engine_options=dict(engine_options or {}))
@@ -550,7 +563,7 @@ class WorkerPool:
         changed = self.store.finish(job_id, attempt=attempt, state=state, code=result["code"],
                                     message=result["message"], result=result,
                                     started=result.get("started"), ended=result.get("ended"))
-        log.info("job %s %s (%s) on worker %s", job_id, state, result["code"], ev.slot)
+        log.debug("job %s %s (%s) on worker %s", job_id, state, result["code"], ev.slot)
         if changed:
             self._notify(job_id)
 
@@ -559,6 +572,13 @@ class WorkerPool:
         if busy is None:
             return
         job_id, attempt = busy
+        # Its process is gone, so its temporaries are garbage; remove them before the job runs
+        # again or fails (by owner: other jobs' temporaries under the same root stay).  This
+        # walks the storage root, which only a crash makes the scheduler do.
+        if ev.temp_owner:
+            removed = remove_temporaries(self.storage_root, ev.temp_owner)
+            if removed:
+                log.info("job %s: removed %d temporary file(s) of its lost worker", job_id, removed)
         new = self.store.requeue(job_id, attempt=attempt, crashed=True, max_attempts=self.max_attempts,
                                  message=f"{ev.reason} {self.max_attempts} times")
         log.warning("job %s: its worker %s was lost; job is now %s", job_id, ev.slot, new)
@@ -582,14 +602,19 @@ def fake_engine(req: Any, storage: Any, *, bucket: str, region: str, job_id: str
                 created: datetime, template: Any = None, model: str | None = None,
                 device: str | None = None, model_options: dict[str, Any] | None = None,
                 progress: Callable[[int, int], None] | None = None, **_: Any) -> Any:
-    """A stand-in for ``run_job`` that separates nothing: it sleeps ``delay`` seconds, appends
-    ``<job_id> <pid>`` to ``run_log`` (to check no job runs twice) and writes the input's bytes to
-    each output key, so a job succeeds in milliseconds.  Selected with
-    ``engine = "separator.jobs.workers:fake_engine"`` and ``[engine_options] delay/run_log``;
-    with ``progress_steps = N`` the delay is slept in N equal steps, calling
-    ``progress(i, N)`` after each (as the real engine reports frames done).
+    """A stand-in for ``run_job`` that separates nothing: it appends ``<job_id> <pid>`` to
+    ``run_log`` (to check no job runs twice), opens a temporary file for each output key, sleeps
+    ``delay`` seconds while they are open (as the real engine holds its temporaries while it
+    separates), then writes the input's bytes to each and renames them into place, so a job
+    succeeds in milliseconds.  Selected with ``engine = "separator.jobs.workers:fake_engine"``
+    and ``[engine_options] delay/run_log``; with ``progress_steps = N`` the delay is slept in N
+    equal steps, calling ``progress(i, N)`` after each (as the real engine reports frames done).
+    A :class:`~separator.errors.CIError` fails the job with its code, as in ``run_job``.
     Tests use it for the 100-job burst and the crash drills; the end-to-end test uses the real engine.
     """
+    import hashlib
+
+    from ..errors import CIError
     from ..request import resolve_outputs
     from .job import new_record
 
@@ -601,22 +626,26 @@ def fake_engine(req: Any, storage: Any, *, bucket: str, region: str, job_id: str
         with open(opts["run_log"], "a") as fh:
             fh.write(f"{job_id} {os.getpid()}\n")
     delay, steps = float(opts.get("delay", 0.0)), int(opts.get("progress_steps", 0) or 0)
-    if steps > 0:
-        for i in range(1, steps + 1):
-            time.sleep(delay / steps)
-            if progress is not None:
-                progress(i, steps)
-    else:
-        time.sleep(delay)
     params = template.params if template is not None else req.params
-    written = []
-    data = storage.require(bucket, req.input_object).read_bytes()
-    for _role, key in resolve_outputs(req.output, params.audio_mode, params.audio_config.codec
-                                      if params.audio_config else None).items():
-        storage.put_bytes(req.output.bucket, key, data)
-        import hashlib
-        written.append((key, hashlib.md5(data).hexdigest()))
-    record.media_result = written
-    record.state, record.code, record.message = "Success", "Success", ""
+    try:
+        data = storage.require(bucket, req.input_object).read_bytes()
+        keys = list(resolve_outputs(req.output, params.audio_mode, params.audio_config.codec
+                                    if params.audio_config else None).values())
+        with contextlib.ExitStack() as stack:
+            temps = [stack.enter_context(storage.atomic_path(req.output.bucket, key)) for key in keys]
+            if steps > 0:
+                for i in range(1, steps + 1):
+                    time.sleep(delay / steps)
+                    if progress is not None:
+                        progress(i, steps)
+            else:
+                time.sleep(delay)
+            for tmp in temps:
+                tmp.write_bytes(data)
+    except CIError as err:
+        record.state, record.code, record.message = "Failed", err.code, err.message
+    else:
+        record.media_result = [(key, hashlib.md5(data).hexdigest()) for key in keys]
+        record.state, record.code, record.message = "Success", "Success", ""
     record.end_time = datetime.now(timezone.utc)
     return record

@@ -456,14 +456,20 @@ def validate_job_request(req: JobRequest) -> JobRequest:
     return req
 
 
-def _check_url(url: str, path: str) -> None:
+def is_http_url(url: str) -> bool:
+    """Whether ``url`` is an absolute http(s) URL with a host, without spaces or control
+    characters: the only kind a callback may be sent to (``file:``, ``ftp:``, … would make the
+    server open a local path or dial another protocol)."""
     try:
         parts = urlsplit(url)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not any(
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(
             ord(c) < 0x21 or ord(c) == 0x7F for c in url)
     except ValueError:
-        ok = False
-    if not ok:
+        return False
+
+
+def _check_url(url: str, path: str) -> None:
+    if not is_http_url(url):
         raise _bad(f"{path} must be an http(s) URL or 'no', got {_show(url)}", resource=path)
 
 

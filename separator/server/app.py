@@ -1,11 +1,12 @@
 """The HTTP layer: one Starlette app that speaks CI's VoiceSeparate API and the COS object calls.
 
 Routing (spec §9.1): the SDK sends ``Host: <bucket>.cos.<region>.myqcloud.com`` even for CI
-calls, so the bucket (and region) come from the Host; CI and COS calls are told apart **by
-path** — ``/jobs``, ``/template``, ``/asrqueue`` (and the other CI prefixes) are CI; every
-other path is an object key.  Every request is authenticated first (§8) unless the config
-turns anonymous access on.  Every response carries ``x-cos-request-id``/``x-ci-request-id``;
-errors have the §7 body.
+calls, so the bucket (and region) come from the Host, or for COS calls with a Host that
+names none (an IP) from the path, ``/<bucket>/<key>`` (see :func:`path_style`); CI and COS
+calls are told apart **by path** — ``/jobs``, ``/template``, ``/asrqueue`` (and the other CI
+prefixes) are CI; every other path is an object key.  Every request is authenticated first
+(§8) unless the config turns anonymous access on.  Every response carries
+``x-cos-request-id``/``x-ci-request-id``; errors have the §7 body.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from ..request import (
     render_response, render_template, render_template_deleted, render_template_list,
 )
 from ..storage import validate_bucket
+from ..storage.local import BUCKET_RE
 from .config import ServerConfig
 from .errors import error_response, new_request_id, request_headers
 from .objects import ObjectAPI
@@ -45,6 +47,15 @@ XML = "application/xml"
 
 def is_ci_path(path: str) -> bool:
     return any(path == p or path.startswith(p + "/") for p in CI_PREFIXES)
+
+
+def path_style(path: str) -> tuple[str | None, str]:
+    """``/<bucket>/<key>`` → (bucket, ``/<key>``), or (None, path) when the path does not start
+    with a bucket name.  A Host without a bucket (an IP) leaves the bucket to the path: the
+    SDK's presigned URLs with ``CosConfig(IP=...)`` are ``http://IP:Port/<Key>``, signed over
+    ``/<Key>``, so a Key of ``<bucket>/<key>`` gives this form (and verifies as signed)."""
+    first, _, rest = path[1:].partition("/")
+    return (first, "/" + rest) if BUCKET_RE.match(first) else (None, path)
 
 
 def bucket_region(host: str, default_region: str) -> tuple[str | None, str]:
@@ -73,6 +84,9 @@ class App:
             bucket, region = bucket_region(request.headers.get("host", ""), self.cfg.region)
             if is_ci_path(path):
                 resp = await self.ci(request, path, q, bucket, region, rid)
+            elif bucket is None:
+                bucket, key_path = path_style(path)
+                resp = await self.cos(request, key_path, q, bucket)
             else:
                 resp = await self.cos(request, path, q, bucket)
         except CIError as err:
@@ -111,7 +125,9 @@ class App:
     def need_bucket(bucket: str | None) -> str:
         if not bucket:
             raise CIError("InvalidHost", "the Host header does not name a bucket "
-                          "(<BucketName-APPID>.cos.<Region>.myqcloud.com)")
+                          "(<BucketName-APPID>.cos.<Region>.myqcloud.com), nor does the path "
+                          "(/<BucketName-APPID>/<key>; with CosConfig(IP=...), presign "
+                          "Key='<bucket>/<key>')")
         return validate_bucket(bucket)
 
     # -- CI ---------------------------------------------------------------------------

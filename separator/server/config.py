@@ -33,6 +33,14 @@ pause/resume, cancel and restart recovery stay in this server.  The storage root
 shared file system mounted at the **same path on every Ray node** (the actors read inputs and
 write outputs there), and ``separator`` with its models must be installed on every node.
 See :mod:`separator.jobs.ray_dispatch`.
+
+The file is checked against :class:`FileConfig` before anything starts: types are strict (a
+string is not a bool, so ``anonymous = "false"`` is refused rather than read as true; a float
+is not an int), unknown keys are refused by name (also in ``[[keys]]``, ``[queue]``,
+``[queue.NotifyConfig]`` and ``[models]``, whose keys are AudioModes), and a bad file raises
+:class:`ConfigError`, one line: ``<file>: <what is wrong>``.  ``separator serve`` also checks
+that the ``[models]`` names exist and warns about ones whose weights are not installed
+(:func:`separator.server.main.check_models`).
 """
 from __future__ import annotations
 
@@ -43,7 +51,17 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..request.model import AudioMode
+from ..request.parse import is_http_url
+
+
+class ConfigError(ValueError):
+    """A configuration ``separator serve`` cannot use; ``str()`` is one line saying where
+    (the file, or the option) and what is wrong."""
 
 
 @dataclass
@@ -90,49 +108,151 @@ class ServerConfig:
         return 1
 
 
-_SIMPLE = {"anonymous": bool, "region": str, "appid": str, "device": str, "workers": int,
-           "max_body_bytes": int, "max_object_bytes": int, "callback_timeout": float,
-           "callback_retries": int, "callback_backoff": float, "time_skew": int, "engine": str,
-           "max_attempts": int, "host": str, "port": int, "ray_address": str,
-           "ray_cpus_per_worker": float}
+# -- the file --------------------------------------------------------------------------------------
+# Every field is optional: what the file leaves out keeps ServerConfig's default (or the flag's).
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
-def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+class KeyPair(_Closed):
+    secret_id: str = Field(min_length=1, validation_alias=AliasChoices("SecretId", "secret_id"))
+    secret_key: str = Field(min_length=1, validation_alias=AliasChoices("SecretKey", "secret_key"))
+
+
+class NotifySettings(_Closed):
+    """``[queue] NotifyConfig``: the speech queue's callback, as ``PUT /asrqueue`` sets it."""
+    Url: str | None = None
+    Event: str | None = None
+    Type: Literal["Url", "TDMQ"] | None = None
+    State: Literal["On", "Off"] | None = None
+    ResultFormat: Literal["XML", "JSON"] | None = None
+    MqMode: str | None = None
+    MqRegion: str | None = None
+    MqName: str | None = None
+
+    @field_validator("Url")
+    @classmethod
+    def _http_only(cls, url: str | None) -> str | None:
+        if url and not is_http_url(url):
+            raise ValueError("must be an http(s) URL")
+        return url
+
+
+class QueueSettings(_Closed):
+    name: str | None = Field(None, min_length=1, max_length=128)
+    NotifyConfig: NotifySettings | None = None
+
+
+class FileConfig(_Closed):
+    """What a ``--config`` file may hold (see the module docstring)."""
+    anonymous: bool | None = None
+    region: str | None = Field(None, pattern=r"^[a-z0-9-]+$")
+    appid: str | None = Field(None, pattern=r"^[0-9]+$")
+    host: str | None = Field(None, min_length=1)
+    port: int | None = Field(None, ge=0, le=65535)
+    workers: int | None = Field(None, ge=1)
+    device: str | None = Field(None, pattern=r"^(cpu|cuda(:[0-9]+)?)$")
+    max_body_bytes: int | None = Field(None, ge=1)
+    max_object_bytes: int | None = Field(None, ge=1)
+    callback_timeout: float | None = Field(None, gt=0)
+    callback_retries: int | None = Field(None, ge=0)
+    callback_backoff: float | None = Field(None, ge=0)
+    time_skew: int | None = Field(None, ge=0)
+    max_attempts: int | None = Field(None, ge=1)
+    engine: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")
+    engine_options: dict[str, Any] | None = None     # passed to the engine as it is
+    ray_address: str | None = Field(None, min_length=1)
+    ray_cpus_per_worker: float | None = Field(None, gt=0)
+    keys: list[KeyPair] | None = None
+    models: dict[AudioMode, str] | None = None
+    queue: QueueSettings | None = None
+
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _one_table(cls, keys: Any) -> Any:  # ``[keys]`` (one table) as well as ``[[keys]]``
+        return [keys] if isinstance(keys, dict) else keys
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, models: dict[str, str] | None) -> dict[str, str] | None:
+        for mode, name in (models or {}).items():
+            if not name:
+                raise ValueError(f"{mode}: the model name is empty")
+        return models
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _describe(err: ValidationError) -> str:
+    """One line for all of pydantic's complaints: ``where: what`` joined by ``; ``."""
+    found = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        if loc and loc[-1] == "[key]":          # a dict key, e.g. [models] Karaoke
+            allowed = e["msg"].replace("Input should", "it should")
+            found.append(f"{_where(loc[:-1])}: unknown key ({allowed})")
+        elif e["type"] == "extra_forbidden":
+            found.append(f"{_where(loc)}: unknown key")
+        elif e["type"] == "missing":
+            found.append(f"{_where(loc)}: required")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            found.append(f"{_where(loc)}: {msg} (got {repr(e['input'])[:60]})")
+    return "; ".join(found)
+
+
+def read_file(path: str | os.PathLike[str]) -> FileConfig:
+    """The checked content of a TOML or YAML (``.yaml``/``.yml``) config file."""
     p = Path(path)
-    text = p.read_bytes()
-    if p.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-        data = yaml.safe_load(text) or {}
-    else:
-        data = tomllib.loads(text.decode("utf-8"))
+    kind = "YAML" if p.suffix.lower() in (".yaml", ".yml") else "TOML"
+    try:
+        text = p.read_bytes()
+        if kind == "YAML":
+            import yaml
+            data = yaml.safe_load(text) or {}
+        else:
+            data = tomllib.loads(text.decode("utf-8"))
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it ({err.strerror or err})") from None
+    except Exception as err:  # TOMLDecodeError, YAMLError, UnicodeDecodeError
+        raise ConfigError(f"{path}: not valid {kind}: " + " ".join(str(err).split())) from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: the configuration must be a table/mapping")
-    return data
+        raise ConfigError(f"{path}: the configuration must be a table/mapping")
+    try:
+        return FileConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {_describe(err)}") from None
 
 
 def build_config(storage: str | os.PathLike[str], *, config_file: str | None = None,
                  **overrides: Any) -> ServerConfig:
-    """A :class:`ServerConfig` from a file (if any) and explicit overrides (non-None win)."""
+    """A :class:`ServerConfig` from a file (if any; :class:`ConfigError` when it is bad) and
+    explicit overrides (non-None win)."""
     cfg = ServerConfig(storage=Path(storage).resolve())
     if config_file:
-        data = load_file(config_file)
-        for name, typ in _SIMPLE.items():
-            if name in data and data[name] is not None:
-                setattr(cfg, name, typ(data[name]))
-        keys = data.get("keys") or []
-        if isinstance(keys, dict):
-            keys = [keys]
-        for pair in keys:
-            sid = pair.get("SecretId") or pair.get("secret_id")
-            skey = pair.get("SecretKey") or pair.get("secret_key")
-            if not sid or not skey:
-                raise ValueError(f"{config_file}: every [[keys]] entry needs SecretId and SecretKey")
-            cfg.keys[str(sid)] = str(skey)
-        cfg.models = {str(k): str(v) for k, v in (data.get("models") or {}).items()}
-        queue = data.get("queue") or {}
-        cfg.queue_name = str(queue.get("name", cfg.queue_name))
-        cfg.queue_notify = {str(k): str(v) for k, v in (queue.get("NotifyConfig") or {}).items()}
-        cfg.engine_options = dict(data.get("engine_options") or {})
+        file = read_file(config_file)
+        for name in file.model_fields_set:
+            value = getattr(file, name)
+            if value is None:
+                continue
+            if name == "keys":
+                cfg.keys = {pair.secret_id: pair.secret_key for pair in value}
+            elif name == "models":
+                cfg.models = dict(value)
+            elif name == "queue":
+                cfg.queue_name = value.name or cfg.queue_name
+                if value.NotifyConfig is not None:
+                    cfg.queue_notify = value.NotifyConfig.model_dump(exclude_none=True)
+            elif name == "engine_options":
+                cfg.engine_options = dict(value)
+            else:
+                setattr(cfg, name, value)
     for name, value in overrides.items():
         if value is not None:
             setattr(cfg, name, value)

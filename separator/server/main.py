@@ -4,9 +4,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
-from .config import ServerConfig, build_config
+from .config import ConfigError, ServerConfig, build_config
 
 log = logging.getLogger("separator.server")
 
@@ -31,9 +33,57 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return p
 
 
+def setup_logging(log_level: str) -> None:
+    # force: ``separator serve`` arrives here with the CLI's logging already set up (WARNING),
+    # which would make a plain basicConfig do nothing and --log-level mean nothing
+    logging.basicConfig(level=getattr(logging, log_level.upper()),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+
+
+def prepare_storage(root: Path) -> None:
+    """Make the storage root (and its state folder) if missing, and check it can be written:
+    a ConfigError now instead of a traceback from deep inside the service later."""
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--storage {root}: not a directory")
+    try:
+        (root / ".separator").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root / ".separator"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--storage {root}: cannot write there ({err.strerror or err})") from None
+
+
+def check_models(cfg: ServerConfig, source: str | None) -> None:
+    """The ``[models]`` a config pins: an unknown name is a ConfigError; one whose weights are
+    not on this machine gets a warning (its jobs would fail) saying how to get them."""
+    if not cfg.models:
+        return
+    from ..core import registry
+    from ..core.model_store import demucs_repo
+    from ..errors import CIError
+
+    model_dir = cfg.engine_options.get("model_dir")
+    model_dir = model_dir if isinstance(model_dir, str) else None
+    installed = registry.installed_models(model_dir)
+    for mode, name in cfg.models.items():
+        try:
+            registry.get_spec(name, model_dir)
+        except CIError as err:
+            raise ConfigError(f"{source}: models.{mode}: {err.message}") from None
+        if name not in installed:
+            log.warning("model %s (pinned for %s in [models] of %s) is not installed, so %s jobs will "
+                        "fail: run `separator models pull %s` (needs network), or copy its files into "
+                        "%s/ (`separator models list` names them)", name, mode, source, mode, name,
+                        demucs_repo(model_dir))
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The checked configuration (ConfigError, or RayUnavailable (a RuntimeError) when
+    --ray-address is given without the extra)."""
     cfg = build_config(args.storage, config_file=args.config, host=args.host, port=args.port,
                        workers=args.workers, ray_address=getattr(args, "ray_address", None))
+    prepare_storage(cfg.storage)
+    check_models(cfg, args.config)
     if cfg.ray_address:
         from ..jobs.ray_dispatch import import_ray
 
@@ -47,8 +97,7 @@ def run_server(cfg: ServerConfig, *, log_level: str = "info") -> None:
 
     from .app import create_app
 
-    logging.basicConfig(level=getattr(logging, log_level.upper()),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(log_level)
     if cfg.anonymous:
         banner = "!" * 78
         log.warning("%s\n  ANONYMOUS ACCESS IS ON: requests are NOT authenticated; anyone who can reach "
@@ -72,22 +121,18 @@ def run_server(cfg: ServerConfig, *, log_level: str = "info") -> None:
 def serve(argv: Sequence[str] | None = None) -> int:
     """``separator serve [--storage ROOT] [--host H] [--port P] [--workers N] [--ray-address ADDR]
     [--config FILE]``."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        cfg = config_from_args(args)
-    except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: RayUnavailable
-        print(f"separator serve: {err}", file=sys.stderr)
-        return 2
-    run_server(cfg, log_level=args.log_level)
-    return 0
+    return main(build_parser().parse_args(list(sys.argv[1:] if argv is None else argv)))
 
 
 def main(args: argparse.Namespace) -> int:
-    """For a CLI that already parsed the options with :func:`build_parser`."""
+    """For a CLI that already parsed the options with :func:`build_parser`.  A configuration
+    that cannot be used ends here: one line ``error: …`` on stderr, exit status 2."""
+    log_level = getattr(args, "log_level", "info")
+    setup_logging(log_level)  # before the checks: check_models warns
     try:
         cfg = config_from_args(args)
-    except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: RayUnavailable
-        print(f"separator serve: {err}", file=sys.stderr)
+    except (ConfigError, RuntimeError) as err:  # RuntimeError: RayUnavailable
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    run_server(cfg, log_level=getattr(args, "log_level", "info"))
+    run_server(cfg, log_level=log_level)
     return 0

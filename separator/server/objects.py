@@ -104,9 +104,12 @@ class ObjectAPI:
         self.store.put_object_meta(ObjectRow(bucket, key, st.st_size, st.st_mtime, md5, ctype, json.dumps(meta)))
 
     # -- bucket level -------------------------------------------------------------
-    def head_bucket(self, bucket: str) -> Response:
+    def _existing_bucket(self, bucket: str) -> None:
         if not self.storage.bucket_path(bucket).is_dir():
             raise CIError("NoSuchBucket", "The specified bucket does not exist.", status=404, resource=bucket)
+
+    def head_bucket(self, bucket: str) -> Response:
+        self._existing_bucket(bucket)
         return Response(b"", status_code=200)
 
     def create_bucket(self, bucket: str) -> Response:
@@ -114,6 +117,7 @@ class ObjectAPI:
         return Response(b"", status_code=200)
 
     def list_objects(self, bucket: str, q: dict[str, str]) -> Response:
+        self._existing_bucket(bucket)
         prefix, delimiter, marker = q.get("prefix", ""), q.get("delimiter", ""), q.get("marker", "")
         try:
             max_keys = int(q.get("max-keys") or 1000)
@@ -177,10 +181,27 @@ class ObjectAPI:
         if request.headers.get("x-cos-copy-source"):
             raise CIError("NotImplemented", "PUT Object - Copy is not supported by the local server",
                           status=501, resource=key)
-        final = self.storage.object_path(bucket, key)
+        if key.endswith("/"):
+            return await self.put_folder(request, bucket, key)
+        final = self.storage.object_path(bucket, key, write=True)
         self.storage.bucket_path(bucket, create=True)
         with atomic_file(final) as tmp:
             md5, _ = await self._receive_to(request, tmp)
+        self._remember(bucket, key, md5, request)
+        return Response(b"", status_code=200, headers={"ETag": f'"{md5}"'})
+
+    async def put_folder(self, request: Request, bucket: str, key: str) -> Response:
+        """A folder marker ``dir/``: an empty object (see ``storage.FOLDER_MARKER``)."""
+        empty = CIError("InvalidArgument", f"{key!r} ends with '/': a folder marker must be empty",
+                        resource=key)
+        if request.headers.get("content-length", "0") != "0":
+            raise empty
+        async for chunk in request.stream():
+            if chunk:
+                raise empty
+        self.storage.bucket_path(bucket, create=True)
+        self.storage.make_folder(bucket, key)
+        md5 = hashlib.md5(b"").hexdigest()
         self._remember(bucket, key, md5, request)
         return Response(b"", status_code=200, headers={"ETag": f'"{md5}"'})
 
@@ -216,12 +237,11 @@ class ObjectAPI:
                               ("response-cache-control", "Cache-Control"),
                               ("response-expires", "Expires")):
             if q.get(param):
-                headers[header] = q[param]
+                headers[header] = _header_value(q[param], param)
         start, end, status = 0, size - 1, 200
-        rng = request.headers.get("range")
-        if rng:
-            start, end = parse_range(rng, size)
-            status = 206
+        span = parse_range(request.headers["range"], size) if request.headers.get("range") else None
+        if span is not None:
+            (start, end), status = span, 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         length = max(0, end - start + 1)
         headers["Content-Length"] = str(length)
@@ -246,7 +266,7 @@ class ObjectAPI:
         return d
 
     def initiate(self, request: Request, bucket: str, key: str) -> Response:
-        self.storage.object_path(bucket, key)  # validate the key now
+        self.storage.object_path(bucket, key, write=True)  # refuse a bad key now, not at the end
         upload_id = os.urandom(16).hex()
         d = self.multipart_dir / upload_id
         d.mkdir(parents=True)
@@ -303,7 +323,7 @@ class ObjectAPI:
                 raise CIError("InvalidPart", f"part {n} was not uploaded or its ETag does not match",
                               resource=key)
             numbers.append(n)
-        final = self.storage.object_path(bucket, key)
+        final = self.storage.object_path(bucket, key, write=True)
         self.storage.bucket_path(bucket, create=True)
         md5 = hashlib.md5()
         with atomic_file(final) as tmp, open(tmp, "wb") as out:
@@ -328,8 +348,11 @@ class ObjectAPI:
         return Response(b"", status_code=204)
 
 
-def parse_range(value: str, size: int) -> tuple[int, int]:
-    """``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` → inclusive (start, end); 416 InvalidRange otherwise."""
+def parse_range(value: str, size: int) -> tuple[int, int] | None:
+    """``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` → inclusive (start, end); 416 InvalidRange otherwise.
+    Several ranges (``bytes=0-1,5-6``) → None: the whole object is sent, as RFC 7233 allows."""
+    if "," in value:
+        return None
     bad = CIError("InvalidRange", "The requested range is not satisfiable", status=416)
     m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", value)
     if not m or (not m.group(1) and not m.group(2)):
@@ -345,6 +368,15 @@ def parse_range(value: str, size: int) -> tuple[int, int]:
     if start >= size or (b and int(b) < start):
         raise bad
     return start, end
+
+
+def _header_value(value: str, param: str) -> str:
+    """A response header value the client chose: a control character would end the header
+    (CR/LF: a header of the client's own) or break the response, so it is refused; other
+    characters travel as their UTF-8 bytes (Starlette sends header strings as Latin-1)."""
+    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+        raise CIError("InvalidArgument", f"{param} contains control characters", resource=param)
+    return value.encode("utf-8").decode("latin-1")
 
 
 def _read_file(path: Path, start: int, length: int) -> Iterator[bytes]:

@@ -37,7 +37,9 @@ from ..request import (
     JobRecord, JobRequest, TemplateRecord, VoiceSeparateParams, merge_template, new_job_id,
     parse_job_request, parse_template_request, parse_time, render_callback,
 )
+from ..request.parse import is_http_url
 from ..storage import LocalStorage
+from ..storage.local import remove_temporaries
 from .config import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,16 @@ def _names_callback_format(body: bytes, fmt: str) -> bool:
         return False
 
 
+def log_end(row: JobRow) -> None:
+    """The one INFO line of a job that ended: id, state (and code), input, seconds it ran
+    (a job that never started: seconds since it was submitted)."""
+    ended = row.ended or datetime.now(timezone.utc).timestamp()
+    seconds = ended - (row.started or row.created)
+    state = row.state if row.state != "Failed" else f"Failed ({row.code})"
+    log.info("job %s ended %s: input %s/%s, %.2f s", row.job_id, state, row.bucket, row.input_object,
+             seconds)
+
+
 class JobService:
     def __init__(self, cfg: ServerConfig, *, start_workers: bool = True):
         self.cfg = cfg
@@ -96,6 +108,11 @@ class JobService:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
+        # No worker runs yet and no request is being served: every temporary file under the
+        # root is what a killed server, worker or upload left behind.
+        swept = remove_temporaries(self.cfg.storage)
+        if swept:
+            log.warning("removed %d temporary file(s) left by an interrupted run", swept)
         again = self.store.recover()
         if again:
             log.warning("%d job(s) were running when the server stopped; they run again: %s",
@@ -209,14 +226,17 @@ class JobService:
         return [self.record(r) for r in rows], token
 
     def cancel(self, bucket: str, job_id: str) -> None:
-        self.store.cancel(bucket, job_id)
-        log.info("job %s cancelled", job_id)
+        before = self.store.job(job_id)
+        row = self.store.cancel(bucket, job_id)
+        if before is not None and before.state != "Cancel":
+            log_end(row)
 
     def job_finished(self, job_id: str) -> None:
-        """Called by the scheduler when a job reaches Success/Failed: send its callback."""
+        """Called by the scheduler when a job reaches Success/Failed: log it, send its callback."""
         row = self.store.job(job_id)
         if row is None:
             return
+        log_end(row)
         req = JobRequest.model_validate_json(row.request)
         queue = self.store.queue(row.queue_id)
         mq = req.callback_mq_config
@@ -300,6 +320,9 @@ class JobService:
                 raise _bad("NotifyConfig.ResultFormat must be XML or JSON", "NotifyConfig.ResultFormat")
             if notify.get("ResultFormat"):
                 notify["ResultFormat"] = notify["ResultFormat"].upper()
+            if notify.get("Url") and not is_http_url(notify["Url"]):
+                raise _bad(f"NotifyConfig.Url must be an http(s) URL, got {notify['Url'][:80]!r}",
+                           "NotifyConfig.Url")
         q = self.store.update_queue(bucket, queue_id, name=name, state=state, notify=notify)
         log.info("queue %s is now %s", queue_id, q.state)
         if q.state == "Active":

@@ -50,10 +50,14 @@ def write_config(path: Path, *, keys: dict[str, str] | None = None, engine_optio
 class ServerProcess:
     """``python -m separator.server`` on 127.0.0.1:<free port>; ``stop(kill=True)`` is a SIGKILL."""
 
-    def __init__(self, storage: Path, config: Path, *, workers: int = 1, log: Path | None = None):
+    def __init__(self, storage: Path, config: Path, *, workers: int = 1, log: Path | None = None,
+                 command: list[str] | None = None):
         self.storage = Path(storage)
         self.config = Path(config)
         self.workers = workers
+        # what starts it: ``python -m separator.server`` unless a test goes through the CLI
+        # (e.g. ``[sys.executable, "-m", "separator", "serve", "--log-level", "info"]``)
+        self.command = command or [sys.executable, "-m", "separator.server"]
         self.port = free_port()
         self.log = log or (self.storage.parent / f"server-{self.port}.log")
         self.proc: subprocess.Popen | None = None
@@ -62,7 +66,7 @@ class ServerProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._logfh = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "separator.server", "--storage", str(self.storage), "--port", str(self.port),
+            [*self.command, "--storage", str(self.storage), "--port", str(self.port),
              "--workers", str(self.workers), "--config", str(self.config)],
             stdout=self._logfh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.time() + timeout

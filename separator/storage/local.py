@@ -9,8 +9,10 @@ written atomically: a temporary file in the same directory, fsync, then
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,6 +24,36 @@ from ..errors import CIError
 BUCKET_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?-[0-9]{1,20}$")
 MAX_KEY_BYTES = 850  # COS limit for object keys
 TMP_PREFIX = ".separator-tmp-"
+# A folder marker key ``dir/`` (an empty object, as the COS console makes them) is kept as this
+# hidden file inside ``dir``, so that objects can still be written under the folder.  The name
+# is reserved: no key may use it.
+FOLDER_MARKER = ".separator-folder"
+# A hash of this host's name in every temporary's name: the workers of a Ray cluster share one
+# storage root, and the same pid can be running on two nodes at once.
+_HOST = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def temp_owner(pid: int | None = None) -> str:
+    """Who wrote a temporary file, as its name says after :data:`TMP_PREFIX`:
+    ``<pid>.<host hash>`` of the process ``pid`` on this host (default: this process).
+    :func:`atomic_file` names its temporaries ``<TMP_PREFIX><owner>-<random><suffix>``, so
+    that the temporaries of one dead writer can be removed without touching anyone else's."""
+    return f"{os.getpid() if pid is None else pid}.{_HOST}"
+
+
+def remove_temporaries(root: str | os.PathLike[str], owner: str | None = None) -> int:
+    """Remove the temporary files under ``root`` that :func:`atomic_file` left behind: those of
+    ``owner`` (see :func:`temp_owner`), or all of them.  Only when their writer is gone (a killed
+    server or worker): a live writer's temporary is its unfinished output.  Returns how many."""
+    prefix = TMP_PREFIX + (f"{owner}-" if owner else "")
+    removed = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if name.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed
 
 
 def validate_bucket(bucket: str) -> str:
@@ -42,11 +74,12 @@ def validate_key(key: str) -> str:
         raise CIError("InvalidArgument", f"object key {key!r} must be relative and use '/'", resource=key)
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
         raise CIError("InvalidArgument", "object key contains control characters", resource=key)
-    parts = key.split("/")
+    parts = key.split("/")   # "dir/" (a folder marker) ends with an empty part
     if any(p in ("..", ".") for p in parts) or any(p == "" for p in parts[:-1]):
         raise CIError("InvalidArgument", f"object key {key!r} has an empty, '.' or '..' segment", resource=key)
-    if parts[-1] == "" or parts[-1].startswith(TMP_PREFIX):
-        raise CIError("InvalidArgument", f"object key {key!r} does not name a file", resource=key)
+    if FOLDER_MARKER in parts or parts[-1].startswith(TMP_PREFIX):
+        raise CIError("InvalidArgument", f"object key {key!r} uses a name the local storage reserves",
+                      resource=key)
     return key
 
 
@@ -71,12 +104,20 @@ class LocalStorage:
             path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def object_path(self, bucket: str, key: str) -> Path:
-        base = self.bucket_path(bucket)
-        path = (base / validate_key(key)).resolve()
+    def object_path(self, bucket: str, key: str, *, write: bool = False) -> Path:
+        """The file of object ``key``.  ``write``: for writing it now, so a key that a file
+        system cannot hold beside the objects already there is refused (InvalidArgument)."""
+        base = self.bucket_path(bucket).resolve()
+        validate_key(key)
+        path = (base / (key + FOLDER_MARKER if key.endswith("/") else key)).resolve()
         # Symlinks inside a bucket must not lead out of it.
-        if base.resolve() not in path.parents:
+        if base not in path.parents:
             raise CIError("AccessDenied", f"object key {key!r} escapes its bucket", status=403, resource=key)
+        if write:
+            if key.endswith("/"):  # only make_folder writes one
+                raise CIError("InvalidArgument", f"object key {key!r} ends with '/': it can only be an "
+                              "empty folder marker", resource=key)
+            _check_no_clash(base, path, key)
         return path
 
     # -- reads ---------------------------------------------------------------
@@ -111,6 +152,8 @@ class LocalStorage:
                     continue
                 path = Path(dirpath) / name
                 key = path.relative_to(base).as_posix()
+                if name == FOLDER_MARKER:
+                    key = key[:-len(FOLDER_MARKER)]
                 if key.startswith(prefix):
                     st = path.stat()
                     found.append(ObjectInfo(key, st.st_size, st.st_mtime, path))
@@ -120,7 +163,7 @@ class LocalStorage:
     @contextlib.contextmanager
     def atomic_path(self, bucket: str, key: str) -> Iterator[Path]:
         """A temporary path next to the object; renamed onto it only if the block succeeds."""
-        final = self.object_path(bucket, key)
+        final = self.object_path(bucket, key, write=True)
         self.bucket_path(bucket, create=True)
         with atomic_file(final) as tmp:
             yield tmp
@@ -130,9 +173,48 @@ class LocalStorage:
             tmp.write_bytes(data)
         return self.object_path(bucket, key)
 
+    def make_folder(self, bucket: str, key: str) -> Path:
+        """Write the folder marker ``key`` (``dir/``, see :data:`FOLDER_MARKER`)."""
+        if not key.endswith("/"):
+            raise ValueError(f"a folder marker key ends with '/', not {key!r}")
+        path = self.object_path(bucket, key)
+        _check_no_clash(self.bucket_path(bucket).resolve(), path, key)
+        with atomic_file(path):
+            pass
+        return path
+
     def delete(self, bucket: str, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.object_path(bucket, key).unlink()
+        """Remove an object (nothing if there is none, e.g. the key is a folder of other objects),
+        then the folders it leaves empty: COS has no folders, so an emptied one must not stay
+        in the way of an object of the same name."""
+        base = self.bucket_path(bucket).resolve()
+        path = self.object_path(bucket, key)
+        try:
+            path.unlink()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return
+        folder = path.parent
+        while folder != base and base in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or in use): it stays, and so do the folders above it
+                break
+            folder = folder.parent
+
+
+def _check_no_clash(base: Path, path: Path, key: str) -> None:
+    """Refuse a key that a file system cannot hold beside the objects already in the bucket:
+    COS keeps ``c`` and ``c/a.txt`` side by side, a directory tree cannot."""
+    for folder in path.parents:
+        if folder == base:
+            break
+        if folder.exists() and not folder.is_dir():
+            name = folder.relative_to(base).as_posix()
+            raise CIError("InvalidArgument", f"object key {key!r} needs {name!r} to be a folder, but "
+                          f"{name!r} is an object; the local storage cannot hold both", resource=key)
+    if path.is_dir():
+        raise CIError("InvalidArgument", f"object key {key!r} is a folder that holds other objects "
+                      f"({key}/…); the local storage cannot hold an object of the same name", resource=key)
 
 
 @contextlib.contextmanager
@@ -140,8 +222,15 @@ def atomic_file(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in ``final``'s directory; on success fsync it and rename it onto
     ``final``; on any exception remove it, leaving ``final`` as it was."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=final.suffix, dir=final.parent)
+    for attempt in range(3):  # a delete may remove the folder once it is empty: make it again
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{temp_owner()}-", suffix=final.suffix,
+                                       dir=final.parent)
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
