@@ -25,10 +25,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import yaml
+
+from separator.core.roformer import BS_ROFORMER
+from separator.core.roformer.model import DEFAULT_FREQS_PER_BANDS
+
+
+_REFERENCE: tuple | None = None
 
 
 def reference_classes():
     """``(BSRoformer, MelBandRoformer)`` of audio-separator, or raise ImportError with the reason."""
+    global _REFERENCE
+    if _REFERENCE is None:
+        _REFERENCE = _import_reference()
+    return _REFERENCE
+
+
+def _import_reference():
     spec = importlib.util.find_spec("audio_separator")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("audio-separator is not installed (pip install --no-deps audio-separator==0.47.1)")
@@ -179,3 +193,56 @@ def snr_db(ref: np.ndarray, est: np.ndarray) -> float:
     err = ref - np.asarray(est, np.float64)
     e = float(np.sum(err * err))
     return float("inf") if e == 0 else 10 * np.log10(float(np.sum(ref * ref)) / e)
+
+
+# ----------------------------------------------------------------- small test models, real format
+
+def small_raw(arch: str, stems=("vocals", "other"), target=None, **model_over) -> dict:
+    """A published-style config (published band layout, STFT and stems) with small dims."""
+    model = {"dim": 16, "depth": 1, "stereo": True, "num_stems": 1 if target else len(stems),
+             "time_transformer_depth": 1, "freq_transformer_depth": 1, "dim_head": 8, "heads": 2,
+             "attn_dropout": 0.1, "ff_dropout": 0.1, "flash_attn": True, "dim_freqs_in": 1025,
+             "stft_n_fft": 2048, "stft_hop_length": 441, "stft_win_length": 2048,
+             "stft_normalized": False, "mask_estimator_depth": 2,
+             "multi_stft_resolution_loss_weight": 1.0,
+             "multi_stft_resolutions_window_sizes": (4096, 2048, 1024, 512, 256),
+             "multi_stft_hop_size": 147, "multi_stft_normalized": False}
+    if arch == BS_ROFORMER:
+        model.update(linear_transformer_depth=0, freqs_per_bands=DEFAULT_FREQS_PER_BANDS)
+    else:
+        model.update(num_bands=60, sample_rate=44100)
+    model.update(model_over)
+    training = {"instruments": list(stems), "target_instrument": target, "use_amp": True}
+    return {"audio": {"chunk_size": 8820, "dim_f": 1024, "dim_t": 21, "hop_length": 441,
+                      "n_fft": 2048, "num_channels": 2, "sample_rate": 44100, "min_mean_abs": 0.0},
+            "model": model, "training": training,
+            "inference": {"batch_size": 1, "dim_t": 21, "num_overlap": 2}}
+
+
+def write_yaml(path: Path, raw: dict) -> Path:
+    text = yaml.dump(raw, sort_keys=False)          # tuples -> !!python/tuple, as published
+    assert "!!python/tuple" in text
+    path.write_text(text)
+    return path
+
+
+def randomize(module: torch.nn.Module, seed: int) -> None:
+    """Non-trivial random weights (norm gains around 1, small linear weights)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("rotary_embed.freqs"):
+                continue
+            noise = torch.randn(p.shape, generator=g)
+            if name.endswith("gamma") or name.endswith("temperature"):
+                p.copy_(1.0 + 0.2 * noise)
+            else:
+                p.copy_(noise / max(1, p.shape[-1]) ** 0.5)
+
+
+def save_pair(tmp_path: Path, raw: dict, state: dict, name: str = "model"):
+    """The real on-disk format: <name>.yaml + <name>.ckpt (a plain state dict)."""
+    yaml_path = write_yaml(tmp_path / f"{name}.yaml", raw)
+    ckpt = tmp_path / f"{name}.ckpt"
+    torch.save(state, ckpt)
+    return yaml_path, ckpt

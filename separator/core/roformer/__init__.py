@@ -6,8 +6,9 @@ Typical use::
 
     cfg = read_config("model.yaml")                  # RoformerConfigError when unusable
     model = load_weights(build_model(cfg), "model.ckpt")   # RoformerWeightsError
-    with torch.inference_mode():
-        out = model(audio)       # (batch, channels, samples) -> (batch, stems, channels, samples)
+    sep = RoformerSeparator(model, cfg, device="cuda", precision="bf16")
+    for out in sep.separate_stream(blocks):          # blocks: (frames, channels) float32
+        ...                                          # out: {stem: (frames, channels) float32}
 
 Units: ``samplerate`` in Hz; chunk sizes, steps and block lengths in frames (samples per
 channel); nothing here works in seconds.
@@ -24,7 +25,7 @@ from .model import BSRoformer, MelBandRoformer
 
 __all__ = [
     "ARCHITECTURES", "BS_ROFORMER", "MEL_BAND_ROFORMER", "BSRoformer", "MelBandRoformer",
-    "RoformerConfig", "RoformerConfigError",
+    "NormStats", "RoformerConfig", "RoformerConfigError", "RoformerSeparator",
     "RoformerWeightsError", "build_model", "load_weights", "parse_config", "read_config",
     "read_state_dict",
 ]
@@ -40,3 +41,10 @@ def build_model(cfg: RoformerConfig) -> nn.Module:
         raise RoformerConfigError(f"{cfg.source or 'the model config'}: {e}") from None
     return model.eval()
 
+
+def __getattr__(name: str):
+    # the streaming separator lives in .demix; imported on first use
+    if name in ("RoformerSeparator", "NormStats"):
+        from . import demix
+        return getattr(demix, name)
+    raise AttributeError(name)
