@@ -372,3 +372,28 @@ with torch.inference_mode():
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "(1, 1, 2, 4410)"
 
+
+def test_stacked_weights_are_not_a_second_copy(tmp_path):
+    raw = small_raw(BS_ROFORMER)
+    model = build_model(parse_config(raw))
+    randomize(model, 4)
+    sd_before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.inference_mode():
+        model(torch.randn(1, 2, 4410))
+    me = model.mask_estimators[0]
+    run_first, count = me._runs[0][:2]
+    assert count > 1
+    w0 = me._linears(run_first)[0].weight
+    w1 = me._linears(run_first + 1)[0].weight
+    assert w0.untyped_storage().data_ptr() == w1.untyped_storage().data_ptr()   # one stack
+    sd_after = model.state_dict()
+    assert list(sd_after) == list(sd_before)
+    assert all(torch.equal(sd_after[k], sd_before[k]) for k in sd_before)
+    # saving and loading again after the stacking works as before
+    torch.save(sd_after, tmp_path / "again.ckpt")
+    fresh = build_model(parse_config(raw))
+    load_weights(fresh, tmp_path / "again.ckpt")
+    load_weights(model, tmp_path / "again.ckpt")      # written into the stacked slices
+    x = torch.randn(1, 2, 4410)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), fresh(x), rtol=0, atol=0)

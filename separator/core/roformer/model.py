@@ -12,8 +12,9 @@ none of which changes the result beyond float rounding:
   attention is ``torch.nn.functional.scaled_dot_product_attention`` (the reference's
   ``flash_attn`` switch only picks a kernel for the same maths, so it is ignored);
 * the per-band layers (band split: RMSNorm + Linear per band; mask estimators: an MLP + GLU per
-  band) are run as one batched matmul per run of consecutive equally sized bands, on stacked
-  copies of the per-band weights that are cached and rebuilt whenever a weight changes;
+  band) are run as one batched matmul per run of consecutive equally sized bands, on stacks of
+  the per-band weights (built on the first inference call, rebuilt whenever a weight is moved or
+  changed; the per-band parameters then live in slices of the stacks, so nothing is held twice);
 * the STFT, the complex masking and the iSTFT always run in float32 (outside autocast), and the
   iSTFT is always given the input length (MSST's newer BS-RoFormer does the same; for a chunk
   length that is a multiple of the hop, as in every published config, it changes nothing);
@@ -200,23 +201,34 @@ def _runs(sizes: Sequence[int]) -> list[tuple[int, int, int, int]]:
 
 class _StackCache:
     """Stacked copies of per-band weights (one tensor per run and layer), rebuilt when any source
-    parameter is replaced, moved or written in place (its data pointer or version changes).  While
-    gradients are wanted, the stacks are built afresh on every call so that they stay in the
-    autograd graph."""
+    parameter is replaced, moved or written in place (its data pointer or version changes).
+
+    ``build()`` returns ``(value, links)``; each link ``(stacked, params)`` says that
+    ``stacked[i]`` holds ``params[i]``.  Once built, each of those parameters is pointed at its
+    slice of the stack (``p.data = stacked[i]``), so the weights are held once, not twice, and
+    ``state_dict()`` is unchanged.  While gradients are wanted, the stacks are built afresh on
+    every call (inside the autograd graph) and nothing is re-pointed."""
 
     def __init__(self):
         self._key = None
         self._value = None
 
+    @staticmethod
+    def _signature(params: list[torch.Tensor]):
+        return tuple((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+
     def get(self, params: list[torch.Tensor], build):
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            return build()
-        key = tuple((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        if key != self._key:
+            return build()[0]
+        if self._signature(params) != self._key:
             self._value = None
             with torch.inference_mode(False), torch.no_grad():
-                self._value = build()
-            self._key = key
+                value, links = build()
+                for stacked, group in links:
+                    for i, p in enumerate(group):
+                        p.data = stacked[i]
+            self._value = value
+            self._key = self._signature(params)
         return self._value
 
 
@@ -246,16 +258,18 @@ class BandSplit(nn.Module):
 
     def _stacks(self):
         def build():
-            out = []
+            out, links = [], []
             for first, count, _, _ in self._runs:
-                nets = self.to_features[first:first + count]
                 if count == 1:
                     out.append(None)
-                else:
-                    out.append((torch.stack([n[0].gamma for n in nets]),
-                                torch.stack([n[1].weight for n in nets]),
-                                torch.stack([n[1].bias for n in nets])))
-            return out
+                    continue
+                nets = self.to_features[first:first + count]
+                groups = ([n[0].gamma for n in nets], [n[1].weight for n in nets],
+                          [n[1].bias for n in nets])
+                stacks = tuple(torch.stack(g) for g in groups)
+                out.append(stacks)
+                links.extend(zip(stacks, groups))
+            return out, links
         return self._cache.get(self._params(), build)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -301,7 +315,7 @@ class MaskEstimator(nn.Module):
 
     def _stacks(self):
         def build():
-            out = []
+            out, links = [], []
             for first, count, _, _ in self._runs:
                 if count == 1:
                     out.append(None)
@@ -309,10 +323,12 @@ class MaskEstimator(nn.Module):
                 per_layer = []
                 for li in range(self.n_linear):
                     lins = [self._linears(b)[li] for b in range(first, first + count)]
-                    per_layer.append((torch.stack([m.weight for m in lins]),
-                                      torch.stack([m.bias for m in lins])))
+                    groups = ([m.weight for m in lins], [m.bias for m in lins])
+                    stacks = tuple(torch.stack(g) for g in groups)
+                    per_layer.append(stacks)
+                    links.extend(zip(stacks, groups))
                 out.append(per_layer)
-            return out
+            return out, links
         params = [p for b in range(len(self.dim_inputs)) for m in self._linears(b) for p in (m.weight, m.bias)]
         return self._cache.get(params, build)
 
