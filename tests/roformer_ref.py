@@ -56,7 +56,10 @@ def _import_reference():
             mod = types.ModuleType(name)
             mod.__path__ = [str(root / sub)]
             sys.modules[name] = mod
-    if importlib.util.find_spec("librosa") is None and "librosa" not in sys.modules:
+    base = "audio_separator.separator.uvr_lib_v5.roformer."
+    bs = importlib.import_module(base + "bs_roformer")
+    stub = importlib.util.find_spec("librosa") is None and "librosa" not in sys.modules
+    if stub:   # only while the reference module imports (it binds `filters` at import)
         from separator.core.roformer.mel import mel_filter_bank
         librosa = types.ModuleType("librosa")
         filters = types.ModuleType("librosa.filters")
@@ -64,9 +67,11 @@ def _import_reference():
         librosa.filters = filters
         sys.modules["librosa"] = librosa
         sys.modules["librosa.filters"] = filters
-    base = "audio_separator.separator.uvr_lib_v5.roformer."
-    bs = importlib.import_module(base + "bs_roformer")
-    mel = importlib.import_module(base + "mel_band_roformer")
+    try:
+        mel = importlib.import_module(base + "mel_band_roformer")
+    finally:
+        if stub:
+            del sys.modules["librosa"], sys.modules["librosa.filters"]
     return bs.BSRoformer, mel.MelBandRoformer
 
 

@@ -165,8 +165,17 @@ def test_output_streams_before_the_input_ends_and_memory_is_bounded():
         sizes.append((stream.buf.shape[1], stream.acc.shape[2], stream.cnt.shape[0]))
     assert total == n_blocks * block
     assert first_output_at is not None and first_output_at < 20
-    bound = 2 * CHUNK + sep.batch_size * sep.step + block
+    bound = 3 * CHUNK + sep.batch_size * sep.step
     assert max(max(s) for s in sizes) <= bound, max(sizes)
+
+    # one huge block: still taken a chunk at a time
+    stream = _Stream(sep, None, None)
+    huge = rng.standard_normal((40 * CHUNK, 2)).astype(np.float32)
+    outputs = 0
+    for out in stream.run([huge]):
+        outputs += 1
+        assert max(stream.buf.shape[1], stream.acc.shape[2]) <= bound
+    assert outputs > 30
 
 
 def test_mono_input_to_stereo_model_and_channel_errors():

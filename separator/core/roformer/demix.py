@@ -19,9 +19,10 @@ MSST's ``utils.model_utils.demix`` on a whole ``(channels, L)`` mix, with ``C = 
 the first ``2 * border + 1`` samples (or the end) tell whether step 1 pads; chunks lying wholly
 in what has been received, in batches that cannot be the last one, are run as soon as they are
 complete; output samples no later chunk can touch are yielded at once.  The end padding needs the
-last ``border + 1`` input samples, so the final chunks wait for the end of the stream.  Memory
-is a few chunks (about ``chunk_size * (2 + batch_size / num_overlap)`` frames of input and
-output) whatever the input length.
+last ``border + 1`` input samples, so the final chunks wait for the end of the stream.  Blocks
+are taken at most a chunk at a time, so the buffers stay within a few chunks (at most
+``(3 + batch_size / num_overlap) * chunk_size`` frames of input and of output) whatever the
+input length or block sizes.
 """
 from __future__ import annotations
 
@@ -216,37 +217,40 @@ class _Stream:
         self.acc_start = 0
         self.k_done = 0                           # chunks run so far
         self.emit_p = 0                           # next position of P to emit (or discard)
-        self.offset = 0                           # P position of input frame 0
         self.raw = np.zeros((ch, 0), np.float32)   # input frames not yet emitted (residual stem)
 
     # ---------------------------------------------------------------------------- stream
 
     def run(self, blocks: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for block in blocks:
-            x = self.sep._channels(block).T
-            if x.shape[1] == 0:
-                continue
-            if self.sep._residual_of is not None:
-                self.raw = np.concatenate([self.raw, x], axis=1)
-            if self.norm is not None:
-                x = ((x.astype(np.float64) - self.norm.mean) / self.norm.std).astype(np.float32)
-            self.length += x.shape[1]
-            self.tail = np.concatenate([self.tail, x], axis=1)[:, -(self.border + 1):]
-            if self.padded is None:
-                self.head.append(x)
-                self.head_len += x.shape[1]
-                if self.head_len <= 2 * self.border:
-                    continue
-                x = np.concatenate(self.head, axis=1)
-                self.head = []
-                self.padded = True
-                self.offset = self.emit_p = self.border
-                # reflect padding at the start: P[j] = x[border - j]
-                self.buf = np.concatenate([x[:, self.border:0:-1], x], axis=1)
-            else:
-                self.buf = np.concatenate([self.buf, x], axis=1)
-            yield from self._advance()
+            block = self.sep._channels(block)
+            # at most one chunk at a time, so a huge block does not grow the buffers
+            for start in range(0, block.shape[0], self.C):
+                yield from self._push(block[start:start + self.C].T)
         yield from self._finish()
+
+    def _push(self, x: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+        """Take ``x`` (channels, frames) of input and run what it completes."""
+        if self.sep._residual_of is not None:
+            self.raw = np.concatenate([self.raw, x], axis=1)
+        if self.norm is not None:
+            x = ((x.astype(np.float64) - self.norm.mean) / self.norm.std).astype(np.float32)
+        self.length += x.shape[1]
+        self.tail = np.concatenate([self.tail, x], axis=1)[:, -(self.border + 1):]
+        if self.padded is None:
+            self.head.append(x)
+            self.head_len += x.shape[1]
+            if self.head_len <= 2 * self.border:
+                return
+            x = np.concatenate(self.head, axis=1)
+            self.head = []
+            self.padded = True
+            self.emit_p = self.border
+            # reflect padding at the start: P[j] = x[border - j]
+            self.buf = np.concatenate([x[:, self.border:0:-1], x], axis=1)
+        else:
+            self.buf = np.concatenate([self.buf, x], axis=1)
+        yield from self._advance()
 
     def _advance(self) -> Iterator[dict[str, np.ndarray]]:
         """Run every full batch of complete chunks that cannot be the last batch."""
