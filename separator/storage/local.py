@@ -222,26 +222,29 @@ def atomic_file(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in ``final``'s directory; on success fsync it and rename it onto
     ``final``; on any exception remove it, leaving ``final`` as it was."""
     final = Path(final)
-    for attempt in range(3):  # a delete may remove the folder once it is empty: make it again
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{temp_owner()}-", suffix=final.suffix,
-                                       dir=final.parent)
-            break
-        except FileNotFoundError:
-            if attempt == 2:
-                raise
-    os.close(fd)
-    tmp_path = Path(tmp)
+    made: list[str] = []        # the temporary's name, as soon as it exists (a Ctrl-C may follow)
     try:
+        for attempt in range(3):  # a delete may remove the folder once it is empty: make it again
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{temp_owner()}-", suffix=final.suffix,
+                                           dir=final.parent)
+                made.append(tmp)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; objects get the usual mode
         os.replace(tmp_path, final)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+        for name in made:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
 
 
 def _umask() -> int:
