@@ -5,11 +5,6 @@ local storage.  See the README for the command line and the job service.
 """
 from __future__ import annotations
 
-from .runtime import prefer_passive_openmp
-
-# before anything imports torch: idle OpenMP threads sleep instead of spinning (see .runtime)
-prefer_passive_openmp()
-
 __version__ = "0.1.0"
 __all__ = ["CIError", "__version__", "run_request", "separate"]
 

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .runtime import switched_off
+from .runtime import configure_process, switched_off
 
 MODES = ("IsAudio", "IsBackground", "AudioAndBackground", "MusicMode")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -324,6 +324,7 @@ def entry() -> None:
     a loaded model does nothing a finished one-shot command needs (no atexit work of ours is
     pending; every ffmpeg child has been waited for).  ``SEPARATOR_QUICK_EXIT=0`` exits the
     ordinary way."""
+    configure_process()              # before torch is imported (see separator.runtime)
     try:
         rc, quick = _run(None)
     except KeyboardInterrupt:        # while parsing or importing: nothing was written yet

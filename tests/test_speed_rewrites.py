@@ -2,7 +2,7 @@
 
 * the bundled U-Net's up-sampling (:class:`CroppedConvTranspose2d`, polyphase form);
 * Demucs' decoder transposed convolutions and self-attention (:mod:`separator.core.demucs_speed`);
-* the malloc settings (:mod:`separator.core.allocator`), which must cut page faults.
+* the malloc settings (:func:`separator.runtime.tune_malloc`), which must cut page faults.
 """
 from __future__ import annotations
 
@@ -248,9 +248,9 @@ def test_a_copy_of_an_optimized_model_is_independent(tiny_pair):
 # --------------------------------------------------------------------------- malloc
 _FAULTS = """
 import json, resource, torch
-from separator.core import allocator
-tuned = allocator.tune()
-again = allocator.tune()
+from separator import runtime
+tuned = runtime.tune_malloc()
+again = runtime.tune_malloc()
 torch.set_num_threads(1)
 net = torch.nn.Sequential(torch.nn.Conv1d(2, 32, 5, padding=2), torch.nn.GELU(),
                           torch.nn.Conv1d(32, 32, 5, padding=2), torch.nn.GELU(),

@@ -16,7 +16,11 @@ from ..errors import CIError
 
 
 def setup_worker(threads: int | None = None, *, die_with_parent: bool = False) -> None:
-    """Per-process setup: torch intra-op threads, and (local workers) die when the driver dies."""
+    """Per-process setup: the separating process's settings (:mod:`separator.runtime`), torch
+    intra-op threads, and (local workers) die when the driver dies."""
+    from ..runtime import configure_process
+
+    configure_process()
     if die_with_parent:
         _set_pdeathsig()
     if threads:

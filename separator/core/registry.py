@@ -12,7 +12,6 @@ from collections.abc import Callable
 import torch
 
 from ..errors import CIError, ModelUnavailable
-from . import allocator
 from .base import LoadedModel, ModelSpec
 
 Factory = Callable[..., LoadedModel]
@@ -107,8 +106,6 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, **options) 
     with _LOCK:
         model = _LOADED.get(key)
         if model is None:
-            if dev == "cpu":
-                allocator.tune()   # keep freed activations in the heap (see .allocator)
             model = _FACTORIES[name](spec, dev, **options)
             _LOADED[key] = model
     return model

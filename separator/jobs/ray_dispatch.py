@@ -53,8 +53,11 @@ class _JobActor:
     def __init__(self, storage_root: str, engine_spec: str, device: str | None,
                  engine_options: dict[str, Any], threads: int | None, log_level: int):
         logging.basicConfig(level=log_level, format="%(asctime)s ray-worker[%(process)d] %(levelname)s %(message)s")
+        from ..runtime import configure_process
+
         if threads:
             os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        configure_process()
         from ..storage import LocalStorage
 
         self.storage_root = storage_root

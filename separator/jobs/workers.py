@@ -193,6 +193,9 @@ def _exit_on_sigterm(signum: int, _frame: Any) -> None:
 def worker_main(conn: Connection, storage_root: str, engine_spec: str, device: str | None,
                 engine_options: dict[str, Any], log_level: int = logging.INFO) -> None:
     """Body of a worker process: receive job payloads, run them, send results back."""
+    from ..runtime import configure_process
+
+    configure_process()
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
     # The server stops a busy worker with SIGTERM: unwind (SystemExit), so that the job's open
