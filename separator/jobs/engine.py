@@ -35,7 +35,8 @@ from ..media.layout import ChannelGroup, channel_groups, channel_names, downmix_
 from ..request.model import AudioConfig
 from ..storage import atomic_file
 from ..storage.local import created_folders, writable_folder_problem
-from .roles import ROLE_ORDER, check_model_supports, combine, roles_for_mode
+from ..protocol import ROLES, roles_for_mode
+from .roles import check_model_supports, combine
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ class SeparationResult:
 
 
 def _roles_to_write(mode: str, targets: Mapping[str, object]) -> tuple[str, ...]:
-    roles = tuple(r for r in ROLE_ORDER if r in roles_for_mode(mode) and targets.get(r))
+    roles = tuple(r for r in ROLES if r in roles_for_mode(mode) and targets.get(r))
     if not roles:
         raise CIError("InvalidArgument", f"AudioMode {mode} produces {', '.join(roles_for_mode(mode))}, "
                       "but no output object was named for any of them")

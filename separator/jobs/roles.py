@@ -1,9 +1,7 @@
-"""AudioMode → the outputs a job writes, and how a model's sources make them.
+"""How a model's sources make the roles a mode writes.
 
-Pure functions.  A *role* is one output of the protocol: ``vocals`` (AuObject),
-``background`` (Object), ``bass`` (BassObject), ``drums`` (DrumObject).  Whatever
-stems a model produces, the roles are built so that the outputs a mode writes sum
-back to the input (before encoding):
+Pure functions.  Whatever stems a model produces, the roles are built so that the outputs a
+mode writes sum back to the input (before encoding):
 
 * 2-stem modes: vocals = the model's vocals; background = the mixture minus the vocals.
 * MusicMode: vocals, bass, drums as the model gives them; background = the mixture minus
@@ -13,6 +11,7 @@ back to the input (before encoding):
 Taking the background as the *residual* rather than the sum of the remaining sources makes
 the outputs sum back to the input exactly, whatever the model (Demucs' sources only sum to
 the mixture approximately); for a model whose sources do sum to the mixture it is the same.
+Which roles a mode writes is the protocol's (:mod:`separator.protocol`).
 """
 from __future__ import annotations
 
@@ -20,25 +19,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import CIError
-
-MODES: dict[str, tuple[str, ...]] = {
-    "IsAudio": ("vocals",),
-    "IsBackground": ("background",),
-    "AudioAndBackground": ("vocals", "background"),
-    "MusicMode": ("vocals", "background", "bass", "drums"),
-}
-ROLE_ORDER = ("vocals", "background", "bass", "drums")
-# the protocol node each role is written to
-ROLE_NODE = {"vocals": "AuObject", "background": "Object", "bass": "BassObject", "drums": "DrumObject"}
-
-
-def roles_for_mode(mode: str) -> tuple[str, ...]:
-    try:
-        return MODES[mode]
-    except KeyError:
-        raise CIError("InvalidArgument", f"AudioMode {mode!r} is not one of {', '.join(MODES)}",
-                      resource="Operation.VoiceSeparate.AudioMode") from None
+from ..errors import ModelUnavailable
+from ..protocol import OWNED_ROLES
 
 
 def check_model_supports(mode: str, sources: Sequence[str], model_name: str) -> None:
@@ -49,24 +31,18 @@ def check_model_supports(mode: str, sources: Sequence[str], model_name: str) -> 
         hint = (" MusicMode needs a 4-stem Demucs model (e.g. htdemucs); "
                 "see `separator models list` and models/README.md to install one."
                 if mode == "MusicMode" else "")
-        raise CIError("ModelUnavailable",
-                      f"model {model_name!r} has no {', '.join(missing)} source "
-                      f"(it separates {', '.join(sources)}).{hint}")
-
-
-def owned_sources(mode: str) -> tuple[str, ...]:
-    """The sources a mode writes as they are; the background is the rest.  A tuple in a fixed
-    order: the background subtracts them in this order, so its rounding (and the encoded
-    bytes) never depend on the process (a set's order follows the string hash seed)."""
-    return ("vocals", "bass", "drums") if mode == "MusicMode" else ("vocals",)
+        raise ModelUnavailable(f"model {model_name!r} has no {', '.join(missing)} source "
+                               f"(it separates {', '.join(sources)}).{hint}")
 
 
 def combine(stems: Mapping[str, np.ndarray], roles: Sequence[str], mode: str,
             mixture: np.ndarray | None) -> dict[str, np.ndarray]:
     """Build the requested roles from a block of model sources and the same frames of the
     mixture (each ``(frames, channels)`` float32).  ``mixture=None`` is for models whose
-    sources already sum to the input exactly: the background is then the sum of the others."""
-    own = owned_sources(mode)
+    sources already sum to the input exactly: the background is then the sum of the others.
+    The owned sources are subtracted in the protocol's fixed order, so the background's
+    rounding (and the encoded bytes) never depend on the process."""
+    own = OWNED_ROLES[mode]
     out: dict[str, np.ndarray] = {}
     for role in roles:
         if role == "background" and mixture is None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import CIError
+from ..errors import invalid_argument
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -91,8 +91,6 @@ CREATE TABLE IF NOT EXISTS objects (
 );
 """
 
-STATES = ("Submitted", "Running", "Success", "Failed", "Pause", "Cancel")
-FINAL = ("Success", "Failed", "Cancel")
 
 
 def new_id(prefix: str, hex_len: int) -> str:
@@ -190,10 +188,6 @@ class ObjectRow:
     md5: str
     content_type: str | None
     meta: str
-
-
-def _invalid(message: str, resource: str | None = None) -> CIError:
-    return CIError("InvalidArgument", message, resource=resource)
 
 
 class JobStore:
@@ -321,7 +315,7 @@ class JobStore:
             try:
                 after = int(next_token, 16)
             except ValueError:
-                raise _invalid(f"nextToken {next_token!r} is not a token this server issued",
+                raise invalid_argument(f"nextToken {next_token!r} is not a token this server issued",
                                "nextToken") from None
             where.append("seq>?" if ascending else "seq<?")
             args.append(after)
@@ -333,7 +327,7 @@ class JobStore:
         token = format(page[-1].seq, "x") if len(rows) > size and page else ""
         return page, token
 
-    def claim_next(self, worker: str, *, limit_queues: Iterable[str] | None = None) -> JobRow | None:
+    def claim_next(self, worker: str) -> JobRow | None:
         """Move the next runnable job to Running: highest JobLevel first, FIFO within a level,
         skipping jobs whose queue is paused."""
         with self._tx() as db:
@@ -402,13 +396,13 @@ class JobStore:
         with self._tx() as db:
             r = db.execute("SELECT state FROM jobs WHERE job_id=? AND bucket=?", (job_id, bucket)).fetchone()
             if r is None:
-                raise _invalid(f"job {job_id} does not exist", job_id)
+                raise invalid_argument(f"job {job_id} does not exist", job_id)
             if r["state"] == "Cancel":
                 pass
             elif r["state"] in ("Submitted", "Pause"):
                 db.execute("UPDATE jobs SET state='Cancel', ended=? WHERE job_id=?", (time.time(), job_id))
             else:
-                raise _invalid("The job provided can not be modified", job_id)
+                raise invalid_argument("The job provided can not be modified", job_id)
         row = self.job(job_id)
         assert row is not None
         return row
@@ -434,7 +428,7 @@ class JobStore:
                              "WHERE template_id=? AND bucket=?",
                              (name, tag, json.dumps(params), time.time(), template_id, bucket))
             if cur.rowcount != 1:
-                raise _invalid(f"template {template_id} does not exist", template_id)
+                raise invalid_argument(f"template {template_id} does not exist", template_id)
         return self.template(bucket, template_id)  # type: ignore[return-value]
 
     def template(self, bucket: str, template_id: str) -> TemplateRow | None:
@@ -468,7 +462,7 @@ class JobStore:
         with self._tx() as db:
             cur = db.execute("DELETE FROM templates WHERE template_id=? AND bucket=?", (template_id, bucket))
             if cur.rowcount != 1:
-                raise _invalid(f"template {template_id} does not exist", template_id)
+                raise invalid_argument(f"template {template_id} does not exist", template_id)
 
     # -- queues --------------------------------------------------------------
     def queue_for(self, bucket: str, *, name: str = "speech-queue",
@@ -495,7 +489,7 @@ class JobStore:
         with self._tx() as db:
             r = db.execute("SELECT * FROM queues WHERE queue_id=? AND bucket=?", (queue_id, bucket)).fetchone()
             if r is None:
-                raise _invalid(f"queue {queue_id} does not exist", queue_id)
+                raise invalid_argument(f"queue {queue_id} does not exist", queue_id)
             db.execute("UPDATE queues SET name=?, state=?, notify=?, updated=? WHERE queue_id=?",
                        (name if name else r["name"], state or r["state"],
                         json.dumps(notify) if notify is not None else r["notify"], time.time(), queue_id))

@@ -8,11 +8,11 @@ from .ids import (
     new_request_id, new_template_id, now, parse_time,
 )
 from .model import (
-    AUDIO_MODES, AudioConfig, CallBackMqConfig, JobRequest, Operation, OutputSpec, TemplateRequest,
+    AudioConfig, CallBackMqConfig, JobRequest, Operation, OutputSpec, TemplateRequest,
     VoiceSeparateParams,
 )
 from .parse import (
-    MAX_BODY_BYTES, MODE_ROLES, effective_audio_config, merge_template, parse_job_request,
+    MAX_BODY_BYTES, effective_audio_config, merge_template, parse_job_request,
     parse_template_request, resolve_outputs, validate_job_request, validate_template_request,
 )
 from .response import (
@@ -21,8 +21,8 @@ from .response import (
 )
 
 __all__ = [
-    "AUDIO_MODES", "AudioConfig", "CST", "CallBackMqConfig", "JOB_ID_RE", "JobRecord", "JobRequest",
-    "MAX_BODY_BYTES", "MODE_ROLES", "Operation", "OutputSpec", "QUEUE_ID_RE", "TEMPLATE_ID_RE", "TIME_RE",
+    "AudioConfig", "CST", "CallBackMqConfig", "JOB_ID_RE", "JobRecord", "JobRequest",
+    "MAX_BODY_BYTES", "Operation", "OutputSpec", "QUEUE_ID_RE", "TEMPLATE_ID_RE", "TIME_RE",
     "TemplateRecord", "TemplateRequest", "VoiceSeparateParams", "callback_dict", "effective_audio_config",
     "format_time", "jobs_detail_dict", "merge_template", "new_job_id", "new_queue_id", "new_request_id",
     "new_template_id", "now", "parse_job_request", "parse_template_request", "parse_time", "render_callback",

@@ -18,7 +18,6 @@ from datetime import datetime, timedelta, timezone
 from ..errors import CIError
 
 CST = timezone(timedelta(hours=8), "CST")
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 
 JOB_ID_RE = re.compile(r"^j[0-9a-f]{32}$")
 QUEUE_ID_RE = re.compile(r"^p[0-9a-f]{32}$")

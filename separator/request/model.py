@@ -14,11 +14,12 @@ protocol's canonical spelling).
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-AUDIO_MODES = ("IsAudio", "IsBackground", "AudioAndBackground", "MusicMode")
+from ..protocol import AUDIO_MODES
+
 CALLBACK_FORMATS = ("JSON", "XML")
 CALLBACK_TYPES = ("Url", "TDMQ")
 MQ_REGIONS = ("sh", "bj", "gz", "cd", "hk")
@@ -26,7 +27,6 @@ MQ_MODES = ("Queue", "Topic")
 JOB_LEVELS = (0, 1, 2)
 TAG = "VoiceSeparate"
 
-AudioMode = Literal["IsAudio", "IsBackground", "AudioAndBackground", "MusicMode"]
 
 
 def canonical(value: str | None, allowed: tuple[str, ...]) -> str | None:

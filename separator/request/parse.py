@@ -46,7 +46,8 @@ from urllib.parse import urlsplit
 from ..codecs import (
     ALL_SAMPLERATES, BITRATE_RANGE_KBPS, CODECS, DEFAULT_CODEC, MUSIC_MODE_CODECS, get_codec,
 )
-from ..errors import CIError
+from ..errors import CIError, invalid_argument
+from ..protocol import MODE_NEEDS, MODE_ROLES, ROLE_NODES, ROLES
 from .xmltree import MAX_DEPTH, parse_tree
 from .model import (
     AUDIO_MODES, CALLBACK_FORMATS, CALLBACK_TYPES, JOB_LEVELS, MQ_MODES, MQ_REGIONS, TAG,
@@ -69,32 +70,15 @@ MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TEMPLATE_NAME_RE = re.compile(r"^[\u4e00-\u9fffA-Za-z0-9_*-]+$")
 INT_RE = re.compile(r"^[0-9]{1,12}$")
 
-#: Output roles in the order results are listed (vocals first, as in the cloud's callback example).
-ROLE_NODES = (("vocals", "au_object", "AuObject"), ("background", "object", "Object"),
-              ("bass", "bass_object", "BassObject"), ("drums", "drum_object", "DrumObject"))
-MODE_ROLES: dict[str, tuple[str, ...]] = {
-    "IsAudio": ("vocals",),
-    "IsBackground": ("background",),
-    "AudioAndBackground": ("vocals", "background"),
-    "MusicMode": ("vocals", "background", "bass", "drums"),
-}
-#: Output nodes a mode cannot do without (beyond the general "Object or AuObject" rule).
-MODE_NEEDS: dict[str, tuple[str, ...]] = {
-    "IsAudio": ("AuObject",),
-    "IsBackground": ("Object",),
-    "AudioAndBackground": ("AuObject", "Object"),
-    "MusicMode": (),
-}
+#: (role, OutputSpec attribute, node), in result order
+ROLE_FIELDS = tuple((role, {"AuObject": "au_object", "Object": "object", "BassObject": "bass_object",
+                            "DrumObject": "drum_object"}[ROLE_NODES[role]], ROLE_NODES[role]) for role in ROLES)
 
 
 def _show(value: object, limit: int = 80) -> str:
     """``repr`` of a user value for an error message, cut to ``limit`` characters."""
     r = repr(value)
     return r if len(r) <= limit else r[: limit - 4] + "...'"
-
-
-def _bad(message: str, resource: str | None = None, code: str = "InvalidArgument") -> CIError:
-    return CIError(code, message, status=400, resource=resource)
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,13 +93,12 @@ def _detect(raw: bytes) -> Fmt:
 def _load(body: bytes | str | None, fmt: Fmt | None, root: str) -> tuple[dict, Fmt]:
     """Parse ``body`` safely into a tree of the ``root`` element's content."""
     if body is None:
-        raise _bad("the request body is empty", code="MissingContent")
+        raise CIError("MissingContent", "the request body is empty")
     raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
     if len(raw) > MAX_BODY_BYTES:
-        raise _bad(f"the request body is {len(raw)} bytes; at most {MAX_BODY_BYTES} are accepted",
-                   code="InvalidContent")
+        raise CIError("InvalidContent", f"the request body is {len(raw)} bytes; at most {MAX_BODY_BYTES} are accepted")
     if not raw.strip(b"\xef\xbb\xbf \t\r\n"):
-        raise _bad("the request body is empty", code="MissingContent")
+        raise CIError("MissingContent", "the request body is empty")
     if fmt is None:
         fmt = _detect(raw)
     fmt = fmt.lower()  # type: ignore[assignment]
@@ -139,11 +122,11 @@ def _load_json(raw: bytes, root: str) -> dict:
         text = raw.decode("utf-8-sig")
         doc = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
-        raise _bad("malformed JSON: nested too deeply", code="InvalidContent") from None
+        raise CIError("InvalidContent", "malformed JSON: nested too deeply") from None
     except (ValueError, UnicodeError) as e:
-        raise _bad(f"malformed JSON: {e}", code="InvalidContent") from None
+        raise CIError("InvalidContent", f"malformed JSON: {e}") from None
     if not isinstance(doc, dict):
-        raise _bad("the JSON body must be an object", code="InvalidContent")
+        raise CIError("InvalidContent", "the JSON body must be an object")
     if isinstance(doc.get(root), dict) and "Tag" not in doc:
         doc = doc[root]
     _check_depth(doc, 1)
@@ -153,7 +136,7 @@ def _load_json(raw: bytes, root: str) -> dict:
 def _check_depth(v: Any, depth: int) -> None:
     """Depth limit, and every string must be valid Unicode (no lone surrogates from ``\\ud800``)."""
     if depth > MAX_DEPTH:
-        raise _bad(f"JSON nested deeper than {MAX_DEPTH} levels", code="InvalidContent")
+        raise CIError("InvalidContent", f"JSON nested deeper than {MAX_DEPTH} levels")
     if isinstance(v, dict):
         for x in v.values():
             _check_depth(x, depth + 1)
@@ -164,7 +147,7 @@ def _check_depth(v: Any, depth: int) -> None:
         try:
             v.encode("utf-8")
         except UnicodeEncodeError:
-            raise _bad("malformed JSON: a string holds an unpaired surrogate escape", code="InvalidContent") from None
+            raise CIError("InvalidContent", "malformed JSON: a string holds an unpaired surrogate escape") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,15 +169,15 @@ class _Node:
         if v is None:
             return None
         if isinstance(v, list):
-            raise _bad(f"{p} may be given only once", resource=p)
+            raise invalid_argument(f"{p} may be given only once", resource=p)
         if isinstance(v, bool) or isinstance(v, dict):
             if isinstance(v, dict) and not v:
                 return None
-            raise _bad(f"{p} must be a text value", resource=p)
+            raise invalid_argument(f"{p} must be a text value", resource=p)
         if isinstance(v, (int, float)):
             v = str(v)
         if not isinstance(v, str):
-            raise _bad(f"{p} must be a text value", resource=p)
+            raise invalid_argument(f"{p} must be a text value", resource=p)
         if strip:
             v = v.strip()
         return v if v != "" else None
@@ -206,9 +189,9 @@ class _Node:
         if v is None or v == "" or (isinstance(v, str) and not v.strip()):
             return None
         if isinstance(v, list):
-            raise _bad(f"{p} may be given only once", resource=p)
+            raise invalid_argument(f"{p} may be given only once", resource=p)
         if not isinstance(v, dict):
-            raise _bad(f"{p} must be a container node (it has child nodes), not a value", resource=p)
+            raise invalid_argument(f"{p} must be a container node (it has child nodes), not a value", resource=p)
         return _Node(v, p)
 
     def int(self, name: str, hint: str = "an integer") -> int | None:
@@ -217,7 +200,7 @@ class _Node:
             return None
         if not INT_RE.match(s):
             p = self._p(name)
-            raise _bad(f"{p} must be {hint}, got {_show(s)}", resource=p)
+            raise invalid_argument(f"{p} must be {hint}, got {_show(s)}", resource=p)
         return int(s)
 
 
@@ -289,30 +272,30 @@ def _allowed(values) -> str:
 def check_object_key(key: str | None, path: str) -> None:
     """Object keys: non-empty, ≤ 850 UTF-8 bytes, no leading ``/``, no ``..`` segment, no control chars."""
     if key is None or key == "":
-        raise _bad(f"{path} is required and must not be empty", resource=path)
+        raise invalid_argument(f"{path} is required and must not be empty", resource=path)
     if key.startswith("/"):
-        raise _bad(f"{path} must not start with '/': {_show(key)}", resource=path)
+        raise invalid_argument(f"{path} must not start with '/': {_show(key)}", resource=path)
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
-        raise _bad(f"{path} must not contain control characters", resource=path)
+        raise invalid_argument(f"{path} must not contain control characters", resource=path)
     if ".." in key.replace("\\", "/").split("/"):
-        raise _bad(f"{path} must not contain a '..' path segment: {_show(key)}", resource=path)
+        raise invalid_argument(f"{path} must not contain a '..' path segment: {_show(key)}", resource=path)
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:
-        raise _bad(f"{path} is longer than {MAX_KEY_BYTES} bytes", resource=path)
+        raise invalid_argument(f"{path} is longer than {MAX_KEY_BYTES} bytes", resource=path)
 
 
 def check_bucket(bucket: str | None, path: str) -> None:
     if not bucket:
-        raise _bad(f"{path} is required", resource=path)
+        raise invalid_argument(f"{path} is required", resource=path)
     if len(bucket) > MAX_BUCKET_LEN or not BUCKET_RE.match(bucket):
-        raise _bad(f"{path} must look like 'name-APPID' (name: lower-case letters, digits and '-'; "
+        raise invalid_argument(f"{path} must look like 'name-APPID' (name: lower-case letters, digits and '-'; "
                    f"APPID: digits; at most {MAX_BUCKET_LEN} characters), got {_show(bucket)}", resource=path)
 
 
 def check_region(region: str | None, path: str) -> None:
     if not region:
-        raise _bad(f"{path} is required", resource=path)
+        raise invalid_argument(f"{path} is required", resource=path)
     if len(region) > 64 or not REGION_RE.match(region):
-        raise _bad(f"{path} must be a region name such as 'ap-chongqing', got {_show(region)}", resource=path)
+        raise invalid_argument(f"{path} must be a region name such as 'ap-chongqing', got {_show(region)}", resource=path)
 
 
 def check_audio_config(cfg: AudioConfig | None, mode: str | None, path: str) -> None:
@@ -320,28 +303,28 @@ def check_audio_config(cfg: AudioConfig | None, mode: str | None, path: str) -> 
     cfg = cfg or AudioConfig()
     name = cfg.codec or DEFAULT_CODEC
     if name not in CODECS:
-        raise _bad(f"{path}.Codec {_show(cfg.codec)} is not supported; allowed: {_allowed(CODECS)}",
+        raise invalid_argument(f"{path}.Codec {_show(cfg.codec)} is not supported; allowed: {_allowed(CODECS)}",
                    resource=f"{path}.Codec")
     if mode == "MusicMode":
         if name not in MUSIC_MODE_CODECS:
-            raise _bad(f"{path}.Codec {_show(name)} is not allowed with AudioMode MusicMode; allowed: "
+            raise invalid_argument(f"{path}.Codec {_show(name)} is not allowed with AudioMode MusicMode; allowed: "
                        f"{_allowed(MUSIC_MODE_CODECS)}", resource=f"{path}.Codec")
         return  # Samplerate / Bitrate / Channels are ignored in MusicMode
     codec = get_codec(name)
     if cfg.samplerate is not None:
         if cfg.samplerate not in ALL_SAMPLERATES:
-            raise _bad(f"{path}.Samplerate {cfg.samplerate} is not supported; allowed: {_allowed(ALL_SAMPLERATES)}",
+            raise invalid_argument(f"{path}.Samplerate {cfg.samplerate} is not supported; allowed: {_allowed(ALL_SAMPLERATES)}",
                        resource=f"{path}.Samplerate")
         if cfg.samplerate not in codec.samplerates:
-            raise _bad(f"{path}.Samplerate {cfg.samplerate} is not allowed for codec {name}; allowed: "
+            raise invalid_argument(f"{path}.Samplerate {cfg.samplerate} is not allowed for codec {name}; allowed: "
                        f"{_allowed(codec.samplerates)}", resource=f"{path}.Samplerate")
     if cfg.bitrate is not None:
         lo, hi = BITRATE_RANGE_KBPS
         if not lo <= cfg.bitrate <= hi:
-            raise _bad(f"{path}.Bitrate {cfg.bitrate} is out of range; allowed: an integer in [{lo}, {hi}] kbps",
+            raise invalid_argument(f"{path}.Bitrate {cfg.bitrate} is out of range; allowed: an integer in [{lo}, {hi}] kbps",
                        resource=f"{path}.Bitrate")
     if cfg.channels is not None and cfg.channels not in codec.channels:
-        raise _bad(f"{path}.Channels {cfg.channels} is not allowed for codec {name}; allowed: "
+        raise invalid_argument(f"{path}.Channels {cfg.channels} is not allowed for codec {name}; allowed: "
                    f"{_allowed(codec.channels)}", resource=f"{path}.Channels")
 
 
@@ -350,11 +333,11 @@ def check_params(params: VoiceSeparateParams | None, path: str) -> None:
     def at(n: str) -> str:
         return f"{path}.{n}" if path else n
     if params is None:
-        raise _bad(f"{path} is required", resource=path)
+        raise invalid_argument(f"{path} is required", resource=path)
     if not params.audio_mode:
-        raise _bad(f"{at('AudioMode')} is required; allowed: {_allowed(AUDIO_MODES)}", resource=at("AudioMode"))
+        raise invalid_argument(f"{at('AudioMode')} is required; allowed: {_allowed(AUDIO_MODES)}", resource=at("AudioMode"))
     if params.audio_mode not in AUDIO_MODES:
-        raise _bad(f"{at('AudioMode')} {_show(params.audio_mode)} is not supported; allowed: {_allowed(AUDIO_MODES)}",
+        raise invalid_argument(f"{at('AudioMode')} {_show(params.audio_mode)} is not supported; allowed: {_allowed(AUDIO_MODES)}",
                    resource=at("AudioMode"))
     _check_model(params.model, at("Model"))
     check_audio_config(params.audio_config, params.audio_mode, at("AudioConfig"))
@@ -362,41 +345,41 @@ def check_params(params: VoiceSeparateParams | None, path: str) -> None:
 
 def _check_model(model: str | None, path: str) -> None:
     if model is not None and not MODEL_RE.match(model):
-        raise _bad(f"{path} must be a model name (letters, digits, '_', '.', '-'; at most 64), got {_show(model)}",
+        raise invalid_argument(f"{path} must be a model name (letters, digits, '_', '.', '-'; at most 64), got {_show(model)}",
                    resource=path)
 
 
 def check_outputs(output: OutputSpec | None, mode: str | None, path: str = "Operation.Output") -> None:
     """Output nodes: Region/Bucket, key shapes, Object-or-AuObject, and what ``mode`` needs."""
     if output is None:
-        raise _bad(f"{path} is required", resource=path)
+        raise invalid_argument(f"{path} is required", resource=path)
     check_region(output.region, f"{path}.Region")
     check_bucket(output.bucket, f"{path}.Bucket")
     if not output.object and not output.au_object:
-        raise _bad(f"{path}.Object and {path}.AuObject must not both be empty", resource=f"{path}.Object")
-    for _role, attr, node in ROLE_NODES:
+        raise invalid_argument(f"{path}.Object and {path}.AuObject must not both be empty", resource=f"{path}.Object")
+    for _role, attr, node in ROLE_FIELDS:
         key = getattr(output, attr)
         if key is not None:
             check_object_key(key, f"{path}.{node}")
     if mode is None:
         return
     for node in MODE_NEEDS.get(mode, ()):
-        attr = next(a for _r, a, n in ROLE_NODES if n == node)
+        attr = next(a for _r, a, n in ROLE_FIELDS if n == node)
         if not getattr(output, attr):
-            raise _bad(f"{path}.{node} is required when AudioMode is {mode}", resource=f"{path}.{node}")
+            raise invalid_argument(f"{path}.{node} is required when AudioMode is {mode}", resource=f"{path}.{node}")
     seen: dict[str, str] = {}
-    for role, attr, node in ROLE_NODES:
+    for role, attr, node in ROLE_FIELDS:
         key = getattr(output, attr)
         if role in MODE_ROLES[mode] and key:
             if key in seen:
-                raise _bad(f"{path}.{node} and {path}.{seen[key]} name the same object {_show(key)}",
+                raise invalid_argument(f"{path}.{node} and {path}.{seen[key]} name the same object {_show(key)}",
                            resource=f"{path}.{node}")
             seen[key] = node
 
 
 def check_tag(tag: str | None) -> None:
     if tag != TAG:
-        raise _bad(f"Tag must be {_show(TAG)}, got {_show(tag)}" if tag else "Tag is required (VoiceSeparate)",
+        raise invalid_argument(f"Tag must be {_show(TAG)}, got {_show(tag)}" if tag else "Tag is required (VoiceSeparate)",
                    resource="Tag")
 
 
@@ -404,16 +387,16 @@ def validate_job_request(req: JobRequest) -> JobRequest:
     """Check every §1 rule; raise :class:`CIError` on the first violation, else return ``req``."""
     check_tag(req.tag)
     if not req.input_object:
-        raise _bad("Input.Object is required", resource="Input.Object")
+        raise invalid_argument("Input.Object is required", resource="Input.Object")
     check_object_key(req.input_object, "Input.Object")
     op = req.operation
     if op is None:
-        raise _bad("Operation is required", resource="Operation")
+        raise invalid_argument("Operation is required", resource="Operation")
     if op.template_id is None and op.voice_separate is None:
-        raise _bad("one of Operation.TemplateId or Operation.VoiceSeparate is required",
+        raise invalid_argument("one of Operation.TemplateId or Operation.VoiceSeparate is required",
                    resource="Operation.TemplateId")
     if op.template_id is not None and not ID_RE.match(op.template_id):
-        raise _bad(f"Operation.TemplateId is not a valid template id: {_show(op.template_id)}",
+        raise invalid_argument(f"Operation.TemplateId is not a valid template id: {_show(op.template_id)}",
                    resource="Operation.TemplateId")
     mode = None
     if op.template_id is None:
@@ -424,32 +407,32 @@ def validate_job_request(req: JobRequest) -> JobRequest:
     check_outputs(op.output, mode)
     if op.user_data is not None:
         if len(op.user_data) > MAX_USERDATA:
-            raise _bad(f"Operation.UserData is longer than {MAX_USERDATA} characters", resource="Operation.UserData")
+            raise invalid_argument(f"Operation.UserData is longer than {MAX_USERDATA} characters", resource="Operation.UserData")
         if any(not (0x20 <= ord(c) <= 0x7E) for c in op.user_data):
-            raise _bad("Operation.UserData must be printable ASCII", resource="Operation.UserData")
+            raise invalid_argument("Operation.UserData must be printable ASCII", resource="Operation.UserData")
     if op.job_level not in JOB_LEVELS:
-        raise _bad(f"Operation.JobLevel {op.job_level} is not supported; allowed: {_allowed(JOB_LEVELS)}",
+        raise invalid_argument(f"Operation.JobLevel {op.job_level} is not supported; allowed: {_allowed(JOB_LEVELS)}",
                    resource="Operation.JobLevel")
     if req.queue_id is not None and not ID_RE.match(req.queue_id):
-        raise _bad(f"QueueId is not a valid queue id: {_show(req.queue_id)}", resource="QueueId")
+        raise invalid_argument(f"QueueId is not a valid queue id: {_show(req.queue_id)}", resource="QueueId")
     if req.callback_format not in CALLBACK_FORMATS:
-        raise _bad(f"CallBackFormat {_show(req.callback_format)} is not supported; allowed: {_allowed(CALLBACK_FORMATS)}",
+        raise invalid_argument(f"CallBackFormat {_show(req.callback_format)} is not supported; allowed: {_allowed(CALLBACK_FORMATS)}",
                    resource="CallBackFormat")
     if req.callback_type not in CALLBACK_TYPES:
-        raise _bad(f"CallBackType {_show(req.callback_type)} is not supported; allowed: {_allowed(CALLBACK_TYPES)}",
+        raise invalid_argument(f"CallBackType {_show(req.callback_type)} is not supported; allowed: {_allowed(CALLBACK_TYPES)}",
                    resource="CallBackType")
     if req.callback_type == "TDMQ":
         mq = req.callback_mq_config
         if mq is None:
-            raise _bad("CallBackMqConfig is required when CallBackType is TDMQ", resource="CallBackMqConfig")
+            raise invalid_argument("CallBackMqConfig is required when CallBackType is TDMQ", resource="CallBackMqConfig")
         if mq.mq_region not in MQ_REGIONS:
-            raise _bad(f"CallBackMqConfig.MqRegion {_show(mq.mq_region)} is not supported; allowed: {_allowed(MQ_REGIONS)}",
+            raise invalid_argument(f"CallBackMqConfig.MqRegion {_show(mq.mq_region)} is not supported; allowed: {_allowed(MQ_REGIONS)}",
                        resource="CallBackMqConfig.MqRegion")
         if mq.mq_mode not in MQ_MODES:
-            raise _bad(f"CallBackMqConfig.MqMode {_show(mq.mq_mode)} is not supported; allowed: {_allowed(MQ_MODES)}",
+            raise invalid_argument(f"CallBackMqConfig.MqMode {_show(mq.mq_mode)} is not supported; allowed: {_allowed(MQ_MODES)}",
                        resource="CallBackMqConfig.MqMode")
         if not mq.mq_name:
-            raise _bad("CallBackMqConfig.MqName is required when CallBackType is TDMQ",
+            raise invalid_argument("CallBackMqConfig.MqName is required when CallBackType is TDMQ",
                        resource="CallBackMqConfig.MqName")
     elif req.callback is not None and req.callback != "no":
         _check_url(req.callback, "CallBack")
@@ -470,15 +453,15 @@ def is_http_url(url: str) -> bool:
 
 def _check_url(url: str, path: str) -> None:
     if not is_http_url(url):
-        raise _bad(f"{path} must be an http(s) URL or 'no', got {_show(url)}", resource=path)
+        raise invalid_argument(f"{path} must be an http(s) URL or 'no', got {_show(url)}", resource=path)
 
 
 def validate_template_request(req: TemplateRequest) -> TemplateRequest:
     check_tag(req.tag)
     if not req.name:
-        raise _bad("Name is required", resource="Name")
+        raise invalid_argument("Name is required", resource="Name")
     if len(req.name) > MAX_TEMPLATE_NAME or not TEMPLATE_NAME_RE.match(req.name):
-        raise _bad(f"Name must be at most {MAX_TEMPLATE_NAME} Chinese characters, letters, digits, '_', '-' or '*', "
+        raise invalid_argument(f"Name must be at most {MAX_TEMPLATE_NAME} Chinese characters, letters, digits, '_', '-' or '*', "
                    f"got {_show(req.name)}", resource="Name")
     check_params(req.params, "")
     return req
@@ -527,16 +510,16 @@ def resolve_outputs(req_or_output: Union[JobRequest, Operation, OutputSpec], aud
     else:
         output = req_or_output
     if output is None:
-        raise _bad("Operation.Output is required", resource="Operation.Output")
+        raise invalid_argument("Operation.Output is required", resource="Operation.Output")
     mode = audio_mode or (params.audio_mode if params else None)
     if mode not in MODE_ROLES:
-        raise _bad(f"AudioMode {_show(mode)} is not supported; allowed: {_allowed(AUDIO_MODES)}",
+        raise invalid_argument(f"AudioMode {_show(mode)} is not supported; allowed: {_allowed(AUDIO_MODES)}",
                    resource="Operation.VoiceSeparate.AudioMode")
     if codec is None and params is not None and params.audio_config is not None:
         codec = params.audio_config.codec
     ext = get_codec(codec or DEFAULT_CODEC).ext
     out: dict[str, str] = {}
-    for role, attr, _node in ROLE_NODES:
+    for role, attr, _node in ROLE_FIELDS:
         key = getattr(output, attr)
         if role in MODE_ROLES[mode] and key:
             out[role] = key.replace("${ext}", ext)

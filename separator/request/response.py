@@ -18,14 +18,13 @@ from datetime import datetime
 from typing import Any, Iterable, Literal
 
 from ..errors import CIError
+from ..protocol import FINISHED_STATES
 from .ids import format_time, new_request_id
 from .model import TAG, AudioConfig, JobRequest, VoiceSeparateParams
 from .xmltree import XML_HEADER, to_xml  # noqa: F401  (re-exported)
 from .xmltree import text as _s
 
 Fmt = Literal["xml", "json"]
-STATES = ("Submitted", "Running", "Success", "Failed", "Pause", "Cancel")
-FINISHED_STATES = ("Success", "Failed")
 
 @dataclass
 class JobRecord:

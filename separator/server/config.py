@@ -55,7 +55,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..request.model import AudioMode
+from ..protocol import AudioMode
 from ..request.parse import is_http_url
 
 

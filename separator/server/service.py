@@ -29,9 +29,10 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from ..errors import CIError
+from ..errors import invalid_argument
+from ..protocol import FINISHED_STATES, JOB_STATES
 from ..jobs.callback import CallbackSender, choose_target
-from ..jobs.store import STATES, JobRow, JobStore, QueueRow, TemplateRow
+from ..jobs.store import JobRow, JobStore, QueueRow, TemplateRow
 from ..jobs.workers import WorkerPool
 from ..request import (
     JobRecord, JobRequest, TemplateRecord, VoiceSeparateParams, merge_template, new_job_id,
@@ -49,10 +50,6 @@ MAX_QUERY_IDS = 100
 
 def _dt(ts: float | None) -> datetime | None:
     return datetime.fromtimestamp(ts, timezone.utc) if ts is not None else None
-
-
-def _bad(message: str, resource: str | None = None) -> CIError:
-    return CIError("InvalidArgument", message, resource=resource)
 
 
 def _names_callback_format(body: bytes, fmt: str) -> bool:
@@ -137,7 +134,7 @@ class JobService:
                         input_bucket=row.bucket, input_object=row.input_object or "", request=req,
                         template_id=t.get("template_id"), template_name=t.get("name"),
                         progress=row.reported_progress)
-        if row.state in ("Success", "Failed") and res:
+        if row.state in FINISHED_STATES and res:
             if res.get("media_result"):
                 rec.media_result = [tuple(x) for x in res["media_result"]]  # type: ignore[misc]
             rec.media_info = res.get("media_info")
@@ -166,13 +163,13 @@ class JobService:
         meta = {"callback_format_explicit": _names_callback_format(body, fmt)}
         queue = self.queue_for(bucket)
         if req.queue_id and req.queue_id != queue.queue_id:
-            raise _bad(f"QueueId {req.queue_id} is not a queue of bucket {bucket} "
+            raise invalid_argument(f"QueueId {req.queue_id} is not a queue of bucket {bucket} "
                        f"(its speech queue is {queue.queue_id})", "QueueId")
         template = None
         if req.operation.template_id:
             trow = self.store.template(bucket, req.operation.template_id)
             if trow is None:
-                raise _bad(f"TemplateId {req.operation.template_id} does not exist", "Operation.TemplateId")
+                raise invalid_argument(f"TemplateId {req.operation.template_id} does not exist", "Operation.TemplateId")
             req = merge_template(req, VoiceSeparateParams.model_validate(trow.params_dict))
             template = {"template_id": trow.template_id, "name": trow.name,
                         "params": req.operation.voice_separate.to_wire()}
@@ -190,29 +187,29 @@ class JobService:
     def get(self, bucket: str, ids: Sequence[str]) -> tuple[list[JobRecord], list[str]]:
         ids = [i.strip() for i in ids if i.strip()]
         if not ids:
-            raise _bad("no job id given", "JobId")
+            raise invalid_argument("no job id given", "JobId")
         if len(ids) > MAX_QUERY_IDS:
-            raise _bad(f"at most {MAX_QUERY_IDS} job ids may be queried at once", "JobId")
+            raise invalid_argument(f"at most {MAX_QUERY_IDS} job ids may be queried at once", "JobId")
         found = self.store.jobs(bucket, ids)
         return [self.record(found[i]) for i in ids if i in found], [i for i in ids if i not in found]
 
     def list(self, bucket: str, q: dict[str, str]) -> tuple[list[JobRecord], str]:
         tag = q.get("tag", "")
         if tag != "VoiceSeparate":
-            raise _bad(f"tag must be VoiceSeparate, got {tag!r}", "tag")
+            raise invalid_argument(f"tag must be VoiceSeparate, got {tag!r}", "tag")
         order = q.get("orderByTime") or "Desc"
         if order not in ("Desc", "Asc"):
-            raise _bad("orderByTime must be Desc or Asc", "orderByTime")
+            raise invalid_argument("orderByTime must be Desc or Asc", "orderByTime")
         try:
             size = int(q.get("size") or 10)
         except ValueError:
-            raise _bad("size must be an integer", "size") from None
+            raise invalid_argument("size must be an integer", "size") from None
         if not 1 <= size <= 100:
-            raise _bad("size must be between 1 and 100", "size")
+            raise invalid_argument("size must be between 1 and 100", "size")
         states = [s.strip() for s in (q.get("states") or "All").split(",") if s.strip()]
         for s in states:
-            if s != "All" and s not in STATES:
-                raise _bad(f"states: {s!r} is not one of All, {', '.join(STATES)}", "states")
+            if s != "All" and s not in JOB_STATES:
+                raise invalid_argument(f"states: {s!r} is not one of All, {', '.join(JOB_STATES)}", "states")
         if "All" in states:
             states = []
         start = parse_time(q["startCreationTime"], field="startCreationTime").timestamp() \
@@ -275,9 +272,9 @@ class JobService:
             page = int(q.get("pageNumber") or 1)
             size = int(q.get("pageSize") or 10)
         except ValueError:
-            raise _bad("pageNumber and pageSize must be integers", "pageNumber") from None
+            raise invalid_argument("pageNumber and pageSize must be integers", "pageNumber") from None
         if page < 1 or not 1 <= size <= 100:
-            raise _bad("pageNumber must be ≥ 1 and pageSize 1..100", "pageSize")
+            raise invalid_argument("pageNumber must be ≥ 1 and pageSize 1..100", "pageSize")
         ids = [i for i in (q.get("ids") or "").split(",") if i]
         rows, total = self.store.query_templates(bucket, ids=ids, name=q.get("name") or "",
                                                  tag=q.get("tag") or None,
@@ -307,21 +304,21 @@ class JobService:
     def update_queue(self, bucket: str, queue_id: str, doc: dict[str, Any]) -> QueueRow:
         state = doc.get("State") or None
         if state is not None and state not in ("Active", "Paused"):
-            raise _bad("State must be Active or Paused", "State")
+            raise invalid_argument("State must be Active or Paused", "State")
         name = doc.get("Name") or None
         if name is not None and len(name) > 128:
-            raise _bad("Name is longer than 128 characters", "Name")
+            raise invalid_argument("Name is longer than 128 characters", "Name")
         notify = doc.get("NotifyConfig")
         if notify is not None and not isinstance(notify, dict):
             notify = {}
         if isinstance(notify, dict):
             notify = {k: str(v) for k, v in notify.items() if isinstance(v, str)}
             if notify.get("ResultFormat") and notify["ResultFormat"].upper() not in ("XML", "JSON"):
-                raise _bad("NotifyConfig.ResultFormat must be XML or JSON", "NotifyConfig.ResultFormat")
+                raise invalid_argument("NotifyConfig.ResultFormat must be XML or JSON", "NotifyConfig.ResultFormat")
             if notify.get("ResultFormat"):
                 notify["ResultFormat"] = notify["ResultFormat"].upper()
             if notify.get("Url") and not is_http_url(notify["Url"]):
-                raise _bad(f"NotifyConfig.Url must be an http(s) URL, got {notify['Url'][:80]!r}",
+                raise invalid_argument(f"NotifyConfig.Url must be an http(s) URL, got {notify['Url'][:80]!r}",
                            "NotifyConfig.Url")
         q = self.store.update_queue(bucket, queue_id, name=name, state=state, notify=notify)
         log.info("queue %s is now %s", queue_id, q.state)

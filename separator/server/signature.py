@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote
 
 from ..errors import CIError
@@ -57,12 +56,6 @@ def sign(secret_id: str, secret_key: str, method: str, path: str, params: Mappin
     return (f"q-sign-algorithm=sha1&q-ak={secret_id}&q-sign-time={key_time}&q-key-time={key_time}"
             f"&q-header-list={';'.join(sorted(hdrs))}&q-url-param-list={';'.join(sorted(prms))}"
             f"&q-signature={sig}")
-
-
-@dataclass(frozen=True)
-class Credentials:
-    secret_id: str
-    token: str | None = None
 
 
 def _deny(code: str, message: str, resource: str) -> CIError:

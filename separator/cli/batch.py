@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .naming import DEFAULT_TEMPLATE
-
-MODES = ("IsAudio", "IsBackground", "AudioAndBackground", "MusicMode")
+from ..batch.naming import DEFAULT_TEMPLATE
+from .options import EXIT_USAGE, add_mode_arg, add_model_args, model_options
 
 DESCRIPTION = f"""\
 Separate every input of SOURCE and write the outputs under OUTPUT.
@@ -33,16 +32,13 @@ summary); 2 the batch could not start; 130 interrupted.
 """
 
 
-def add_batch_parser(subparsers) -> argparse.ArgumentParser:
-    from ..cli import _add_model_args
-
+def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("batch", help="separate a folder, glob or manifest of files (resumable; "
                               "local workers or a Ray cluster)", description=DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", metavar="SOURCE", help="folder, glob, media file or manifest (.csv/.jsonl)")
     p.add_argument("output", metavar="OUTPUT", help="output folder (created if needed)")
-    p.add_argument("--mode", default="AudioAndBackground", choices=MODES,
-                   help="what to write (default AudioAndBackground = vocals + background)")
+    add_mode_arg(p)
     p.add_argument("--codec", type=str.lower, help="aac (.m4a, default), mp3, flac, amr or wav")
     p.add_argument("--bitrate", type=int, help="kbps, 8..1000 (default: the source's, within the codec's range)")
     p.add_argument("--samplerate", type=int, help="Hz (default 44100; amr 8000)")
@@ -67,19 +63,18 @@ def add_batch_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
                    help="progress bar (terminal), log lines, or nothing (default auto)")
     p.add_argument("-q", "--quiet", action="store_true", help="same as --progress none")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_batch)
     return p
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from ..cli import _model_options
-    from .plan import Defaults
-    from .runner import EXIT_USAGE, BatchError, BatchOptions, run_batch
+    from ..batch.plan import Defaults
+    from ..batch.runner import BatchError, BatchOptions, run_batch
 
     defaults = Defaults(mode=args.mode, codec=args.codec, samplerate=args.samplerate, bitrate=args.bitrate,
                         channels=args.channels, model=args.model, template=args.template,
-                        model_options=_model_options(args))
+                        model_options=model_options(args))
     opts = BatchOptions(source=args.source, output=args.output, defaults=defaults, workers=args.workers,
                         device=args.device, ray_address=args.ray_address,
                         ray_cpus_per_worker=args.ray_cpus_per_worker, summary=args.summary,
@@ -94,22 +89,3 @@ def cmd_batch(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     return report.exit_status
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m separator.batch SOURCE OUTPUT …`` (the same as ``separator batch …``)."""
-    import logging
-
-    parser = argparse.ArgumentParser(prog="separator")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_batch_parser(sub)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = [a for a in argv if a in ("-v", "--verbose")]
-    argv = [a for a in argv if a not in ("-v", "--verbose")]
-    if argv[:1] == ["batch"]:
-        argv = argv[1:]
-    args = parser.parse_args([*verbose, "batch", *argv])
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.func(args)

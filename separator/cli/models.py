@@ -7,8 +7,8 @@ import sys
 
 
 def _rows(model_dir: str | None) -> list[dict]:
-    from .core import registry
-    from .core.model_store import list_installed
+    from ..core import registry
+    from ..core.model_store import list_installed
 
     rows = []
     for spec in registry.list_models():
@@ -21,7 +21,7 @@ def _rows(model_dir: str | None) -> list[dict]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .core.registry import default_model
+    from ..core.registry import default_model
 
     rows = _rows(args.model_dir)
     if args.json:
@@ -39,7 +39,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from .core.model_store import pull
+    from ..core.model_store import pull
 
     for path in pull(args.name, args.model_dir, progress=sys.stderr.isatty(), force=args.force):
         print(path)
@@ -47,7 +47,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .core.model_store import verify
+    from ..core.model_store import verify
 
     checks = verify(args.model_dir, args.names or None)
     for c in checks:
@@ -58,7 +58,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def add_models_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list, download and verify separation models",
                        description="Models: the bundled spleeter-2stems (always installed) and the "
                        "Demucs family, whose weights live in a local model directory "
