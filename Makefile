@@ -20,8 +20,10 @@ demo: install
 # are CPU results; a GPU machine runs it as CI does), then the `cuda` tests, which use the GPU
 # and skip without one.
 test: install
-	CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -rs -m "not cuda" tests
-	$(PY) -m pytest -q -rs -m cuda tests
+	@start=$$(date +%s); \
+	CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -rs -m "not cuda" tests && \
+	$(PY) -m pytest -q -rs -m cuda tests; rc=$$?; \
+	echo "make test: $$(( $$(date +%s) - start )) s of wall time (both passes)"; exit $$rc
 
 bench: install
 	$(PY) benchmarks/run.py

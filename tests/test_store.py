@@ -157,7 +157,8 @@ def test_add_job_returns_the_row_as_submitted_even_if_claimed_at_once(store, mon
     """The scheduler (another thread) may claim a job the moment its insert commits; the row
     add_job returns (and the create response built from it) still says Submitted."""
     store.queue_for(B)
-    real_exit = JobStore._Tx.__exit__
+    from separator.storage.database import _Tx
+    real_exit = _Tx.__exit__
     claimed: list = []
     once = threading.Event()
 
@@ -169,7 +170,7 @@ def test_add_job_returns_the_row_as_submitted_even_if_claimed_at_once(store, mon
             t.start()
             t.join()
 
-    monkeypatch.setattr(JobStore._Tx, "__exit__", exit_then_claim)
+    monkeypatch.setattr(_Tx, "__exit__", exit_then_claim)
     row = add(store, 1)
     monkeypatch.undo()
     assert claimed and claimed[0] is not None and claimed[0].state == "Running"

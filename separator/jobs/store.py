@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import invalid_argument
+from ..storage.database import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -78,16 +78,6 @@ CREATE TABLE IF NOT EXISTS queues (
     notify   TEXT NOT NULL DEFAULT '{}',
     created  REAL NOT NULL,
     updated  REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS objects (
-    bucket       TEXT NOT NULL,
-    key          TEXT NOT NULL,
-    size         INTEGER NOT NULL,
-    mtime        REAL NOT NULL,
-    md5          TEXT NOT NULL,
-    content_type TEXT,
-    meta         TEXT NOT NULL DEFAULT '{}',
-    PRIMARY KEY (bucket, key)
 );
 """
 
@@ -179,38 +169,17 @@ class QueueRow:
         return json.loads(self.notify or "{}")
 
 
-@dataclass
-class ObjectRow:
-    bucket: str
-    key: str
-    size: int
-    mtime: float
-    md5: str
-    content_type: str | None
-    meta: str
-
-
 class JobStore:
     """All persistent state of one ``separator serve`` (thread-safe; one connection per thread)."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._db().executescript(SCHEMA)
+        self.database = Database(path, SCHEMA)
+        self.path = self.database.path
         self._migrate()
 
     # -- plumbing ------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=30000")
-            self._local.db = db
-        return db
+        return self.database.db()
 
     def _migrate(self) -> None:
         """Bring a database made by an older version up to :data:`SCHEMA` (columns added since)."""
@@ -223,25 +192,11 @@ class JobStore:
                 if "duplicate column" not in str(err):
                     raise
 
-    class _Tx:
-        def __init__(self, db: sqlite3.Connection):
-            self.db = db
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.db.execute("BEGIN IMMEDIATE")
-            return self.db
-
-        def __exit__(self, exc_type, exc, tb) -> None:
-            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-
-    def _tx(self) -> JobStore._Tx:
-        return JobStore._Tx(self._db())
+    def _tx(self):
+        return self.database.tx()
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self.database.close()
 
     # -- jobs ----------------------------------------------------------------
     def add_job(self, *, job_id: str, bucket: str, region: str, queue_id: str, tag: str, level: int,
@@ -496,17 +451,3 @@ class JobStore:
         q = self.queue(queue_id)
         assert q is not None
         return q
-
-    # -- object metadata (ETag cache, Content-Type, x-cos-meta-*) ------------------
-    def object_meta(self, bucket: str, key: str) -> ObjectRow | None:
-        r = self._db().execute("SELECT * FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone()
-        return ObjectRow(**dict(r)) if r else None
-
-    def put_object_meta(self, row: ObjectRow) -> None:
-        with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?)",
-                       (row.bucket, row.key, row.size, row.mtime, row.md5, row.content_type, row.meta))
-
-    def delete_object_meta(self, bucket: str, key: str) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM objects WHERE bucket=? AND key=?", (bucket, key))

@@ -31,7 +31,7 @@ from ..storage import validate_bucket
 from ..storage.local import BUCKET_RE
 from .config import ServerConfig
 from .errors import error_response, new_request_id, request_headers
-from .objects import ObjectAPI
+from .objects import ObjectAPI, ObjectMeta
 from .service import JobService
 from .signature import query_pairs, verify
 from .xmlio import parse_xml, to_xml
@@ -69,7 +69,7 @@ class App:
     def __init__(self, cfg: ServerConfig, service: JobService):
         self.cfg = cfg
         self.service = service
-        self.objects = ObjectAPI(service.storage, service.store, cfg.state_dir,
+        self.objects = ObjectAPI(service.storage, ObjectMeta(service.store.path), cfg.state_dir,
                                  max_object_bytes=cfg.max_object_bytes)
 
     # -- entry point ----------------------------------------------------------------

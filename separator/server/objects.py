@@ -8,7 +8,7 @@ resume and always starts a fresh upload).
 Every object path goes through ``LocalStorage.object_path`` (key validation + containment);
 parts live under ``<root>/.separator/multipart/<uploadId>/`` with validated upload ids.  Bodies
 are streamed to a temporary file and renamed into place only when complete, so an interrupted
-upload never leaves a partial object.  ETags are the hex MD5 of the object, cached in the store.
+upload never leaves a partial object.  ETags are the hex MD5 of the object, kept by :class:`ObjectMeta`.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -29,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import CIError
-from ..jobs.store import JobStore, ObjectRow
+from ..storage.database import Database
 from ..storage import LocalStorage, file_md5
 from ..storage.local import TMP_PREFIX, atomic_file
 from .errors import not_found_key
@@ -38,6 +39,53 @@ from .xmlio import as_list, parse_xml, to_xml
 UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 CHUNK = 1 << 20
 MAX_PARTS = 10000
+
+
+OBJECTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    bucket       TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    mtime        REAL NOT NULL,
+    md5          TEXT NOT NULL,
+    content_type TEXT,
+    meta         TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (bucket, key)
+);
+"""
+
+
+@dataclass
+class ObjectRow:
+    bucket: str
+    key: str
+    size: int
+    mtime: float
+    md5: str
+    content_type: str | None
+    meta: str
+
+
+class ObjectMeta:
+    """What an object has beside its bytes: its Content-Type and ``x-cos-meta-*`` headers, and
+    its MD5 (the ETag), kept while the file's size and mtime stay the same.  In the service's
+    database (``objects`` table), beside the job store's tables."""
+
+    def __init__(self, path: str | Path):
+        self.database = Database(path, OBJECTS_SCHEMA)
+
+    def get(self, bucket: str, key: str) -> ObjectRow | None:
+        r = self.database.db().execute("SELECT * FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone()
+        return ObjectRow(**dict(r)) if r else None
+
+    def put(self, row: ObjectRow) -> None:
+        with self.database.tx() as db:
+            db.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?)",
+                       (row.bucket, row.key, row.size, row.mtime, row.md5, row.content_type, row.meta))
+
+    def delete(self, bucket: str, key: str) -> None:
+        with self.database.tx() as db:
+            db.execute("DELETE FROM objects WHERE bucket=? AND key=?", (bucket, key))
 
 
 def _http_date(ts: float) -> str:
@@ -49,9 +97,9 @@ def _iso(ts: float) -> str:
 
 
 class ObjectAPI:
-    def __init__(self, storage: LocalStorage, store: JobStore, state_dir: Path, *, max_object_bytes: int):
+    def __init__(self, storage: LocalStorage, meta: ObjectMeta, state_dir: Path, *, max_object_bytes: int):
         self.storage = storage
-        self.store = store
+        self.meta = meta
         self.multipart_dir = state_dir / "multipart"
         self.max_object_bytes = max_object_bytes
 
@@ -87,11 +135,11 @@ class ObjectAPI:
 
     def etag_of(self, bucket: str, key: str, path: Path) -> tuple[str, ObjectRow]:
         st = path.stat()
-        row = self.store.object_meta(bucket, key)
+        row = self.meta.get(bucket, key)
         if row is None or row.size != st.st_size or abs(row.mtime - st.st_mtime) > 1e-6:
             row = ObjectRow(bucket, key, st.st_size, st.st_mtime, file_md5(path),
                             row.content_type if row else None, row.meta if row else "{}")
-            self.store.put_object_meta(row)
+            self.meta.put(row)
         return row.md5, row
 
     def _remember(self, bucket: str, key: str, md5: str, request: Request | None) -> None:
@@ -101,7 +149,7 @@ class ObjectAPI:
         if request is not None:
             ctype = request.headers.get("content-type")
             meta = {k: v for k, v in request.headers.items() if k.lower().startswith("x-cos-meta-")}
-        self.store.put_object_meta(ObjectRow(bucket, key, st.st_size, st.st_mtime, md5, ctype, json.dumps(meta)))
+        self.meta.put(ObjectRow(bucket, key, st.st_size, st.st_mtime, md5, ctype, json.dumps(meta)))
 
     # -- bucket level -------------------------------------------------------------
     def _existing_bucket(self, bucket: str) -> None:
@@ -249,7 +297,7 @@ class ObjectAPI:
 
     def delete_object(self, bucket: str, key: str) -> Response:
         self.storage.delete(bucket, key)
-        self.store.delete_object_meta(bucket, key)
+        self.meta.delete(bucket, key)
         return Response(b"", status_code=204)
 
     # -- multipart ----------------------------------------------------------------
@@ -335,7 +383,7 @@ class ObjectAPI:
         meta = json.loads((d / "meta.json").read_text())
         shutil.rmtree(d, ignore_errors=True)
         st = final.stat()
-        self.store.put_object_meta(ObjectRow(bucket, key, st.st_size, st.st_mtime, md5.hexdigest(),
+        self.meta.put(ObjectRow(bucket, key, st.st_size, st.st_mtime, md5.hexdigest(),
                                              meta.get("content_type"), "{}"))
         host = request.headers.get("host", "")
         return Response(to_xml("CompleteMultipartUploadResult",
