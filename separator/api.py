@@ -37,11 +37,13 @@ def resolve_model(mode: str, model: str | None = None, device: str | None = None
 
 def plan_outputs(input: str | Path, output_dir: str | Path, *, mode: str = "AudioAndBackground",
                  codec: str = DEFAULT_CODEC, bitrate: int | None = None, samplerate: int | None = None,
-                 channels: int | None = None) -> tuple[dict[str, Path], AudioConfig]:
+                 channels: int | None = None, sample_format: str | None = None
+                 ) -> tuple[dict[str, Path], AudioConfig]:
     """``{role: output_dir/<input name>/<role>.<ext>}`` and the AudioConfig, checked by the
     cloud's rules (``CIError`` InvalidArgument otherwise)."""
     roles = roles_for_mode(mode)
-    cfg = AudioConfig(codec=codec, samplerate=samplerate, bitrate=bitrate, channels=channels)
+    cfg = AudioConfig(codec=codec, samplerate=samplerate, bitrate=bitrate, channels=channels,
+                      sample_format=sample_format)
     try:
         ext = get_codec(codec).ext
     except KeyError:

@@ -24,6 +24,8 @@ class Codec:
     max_bitrate_kbps: int | None = None  # encoder's ceiling; higher requests are clamped
     default_samplerate: int = 44100
     needs_amr: bool = False        # needs an ffmpeg with libopencore_amrnb
+    #: the sample formats the file can hold (our ``SampleFormat`` extension; lossy codecs: none)
+    sample_formats: tuple[str, ...] = ()
 
 
 CODECS: dict[str, Codec] = {
@@ -35,14 +37,16 @@ CODECS: dict[str, Codec] = {
                  max_bitrate_kbps=320),
     "flac": Codec("flac", "flac", "flac", "flac",
                   tuple(r for r in ALL_SAMPLERATES if r != 8000), (1, 2, 4, 5, 6, 8),
-                  lossless=True),
+                  lossless=True, sample_formats=("s16", "s24")),
     "amr": Codec("amr", "amr", "libopencore_amrnb", "amr", (8000,), (1,),
                  max_bitrate_kbps=12, default_samplerate=8000, needs_amr=True),
     "wav": Codec("wav", "wav", "pcm_s16le", "wav", ALL_SAMPLERATES, (1, 2, 4, 5, 6, 8),
-                 lossless=True),
+                 lossless=True, sample_formats=("s16", "s24", "f32")),
 }
 
 MUSIC_MODE_CODECS = ("mp3", "wav", "aac")
+#: our ``AudioConfig.SampleFormat`` extension: 16- or 24-bit integers, or 32-bit float samples
+SAMPLE_FORMATS = ("s16", "s24", "f32")
 DEFAULT_CODEC = "aac"
 
 # AMR-NB's eight modes in bit/s; a requested bitrate maps to the highest mode not above it

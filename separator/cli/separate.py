@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..codecs import SAMPLE_FORMATS
 from .options import EXIT_OK, add_mode_arg, add_model_args, model_options, notes, writable_folder
 
 
@@ -26,6 +27,9 @@ def add_parser(sub) -> None:
                    "codec's range; a value the encoder cannot write is changed, with a note)")
     p.add_argument("--samplerate", type=int, help="Hz (default 44100; amr 8000)")
     p.add_argument("--channels", type=int, help="output channels (default: the source's)")
+    p.add_argument("--sample-format", dest="sample_format", choices=SAMPLE_FORMATS,
+                   help="wav: s16, s24 or f32; flac: s16 or s24 (default: the source's where the "
+                   "codec can hold it, e.g. 24-bit wav in -> 24-bit wav out, else s16)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
     add_model_args(p)
     p.set_defaults(func=run, quick_exit=True)
@@ -43,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         targets, cfg = plan_outputs(args.input, args.output, mode=args.mode, codec=args.codec,
                                     bitrate=args.bitrate, samplerate=args.samplerate,
-                                    channels=args.channels)
+                                    channels=args.channels, sample_format=args.sample_format)
         result = separate_file(args.input, targets, mode=args.mode, audio_config=cfg, model=model,
                                device=device, progress=bar.update, model_options=model_options(args))
     finally:

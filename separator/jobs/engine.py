@@ -336,7 +336,8 @@ def separate_file(
     def checked_input() -> tuple[MediaProbe, EncodeSettings]:
         source = probing.result()                    # InputError for a missing / non-media file
         return source, resolve_encoding(cfg.codec, cfg.samplerate, cfg.bitrate, cfg.channels,
-                                        source=source, music_mode=(mode == "MusicMode"))
+                                        source=source, music_mode=(mode == "MusicMode"),
+                                        sample_format=cfg.sample_format)
 
     streams: _Streams | None = None
     try:

@@ -11,13 +11,14 @@ concrete :class:`EncodeSettings` following spec §1.6 and the codec table in
 Choices (see the README's media notes):
 
 * Samples are ``nan_to_num``'d and hard-clipped to [-1, 1] before they reach ffmpeg, for every
-  codec: the s16 codecs (wav, flac, amr) would saturate there anyway, and a lossy encoder fed
+  codec but float wav: the integer formats would saturate there anyway, and a lossy encoder fed
   > 0 dBFS produces files that clip on every player.  No normalisation (it would need two passes).
 * ``-fflags +bitexact -flags:a +bitexact -map_metadata -1``: no encoder-version strings and no
   copied tags, so identical input gives identical bytes (and identical ``Md5``) for a given
   ffmpeg build.  mp3 keeps its Xing/LAME header (exact duration for players and for probing).
 * aac goes into the ``ipod`` muxer (``.m4a``) with ``-movflags +faststart`` (moov first, playable
-  while downloading).  flac and wav are 16-bit (``s16``) like the cloud's PCM.
+  while downloading).  flac and wav are 16-bit (``s16``) like the cloud's PCM, unless the source
+  holds more (24-bit or float: kept where the codec can hold it) or ``SampleFormat`` says.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from .probe import MediaProbe, _file_url
 __all__ = ["EncodeSettings", "resolve_encoding", "Encoder", "encode_array", "DEFAULT_BITRATE_KBPS"]
 
 DEFAULT_BITRATE_KBPS = 128  # mp3/aac when the source's bitrate is unknown
+WAV_ENCODERS = {"s16": "pcm_s16le", "s24": "pcm_s24le", "f32": "pcm_f32le"}
 
 # Bitrates LAME can write (kbps) per MPEG version; libmp3lame snaps a request to the nearest one.
 _MP3_MPEG1 = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)       # 32/44.1/48 kHz
@@ -77,6 +79,13 @@ class EncodeSettings:
     bitrate_kbps: float | None  # None for lossless; AMR: the mode (e.g. 12.2)
     #: what was changed from the request to fit the encoder (shown to the user, not an error)
     notes: tuple[str, ...] = ()
+    #: lossless codecs: "s16", "s24" or "f32" (wav); None for lossy ones
+    sample_format: str | None = None
+
+    @property
+    def floating(self) -> bool:
+        """Float samples: the file can hold values past full scale, nothing clips."""
+        return self.sample_format == "f32"
 
     @property
     def bitrate_bps(self) -> int | None:
@@ -94,7 +103,9 @@ class EncodeSettings:
                                 "fflags": "+bitexact", "flags:a": "+bitexact"}
         if self.bitrate_bps is not None:
             args["b:a"] = self.bitrate_bps
-        if self.codec in ("flac", "wav", "amr"):
+        if self.codec == "flac" and self.sample_format == "s24":
+            args["sample_fmt"], args["bits_per_raw_sample"] = "s32", 24
+        elif self.codec in ("flac", "amr"):
             args["sample_fmt"] = "s16"
         if self.codec == "aac":
             args["movflags"] = "+faststart"
@@ -118,7 +129,7 @@ def _default_channels(source_channels: int, allowed: tuple[int, ...]) -> int:
 
 def resolve_encoding(codec: str | None, samplerate: int | None, bitrate_kbps: int | None,
                      channels: int | None, *, source: MediaProbe,
-                     music_mode: bool = False) -> EncodeSettings:
+                     music_mode: bool = False, sample_format: str | None = None) -> EncodeSettings:
     """Concrete output settings for an AudioConfig (spec §1.6 defaults).
 
     * codec: ``aac`` when absent (case-insensitive);
@@ -182,9 +193,18 @@ def resolve_encoding(codec: str | None, samplerate: int | None, bitrate_kbps: in
                    "mp3": f"the nearest bitrate LAME writes at {sr} Hz"}.get(
                        spec.name, f"the most {spec.encoder} encodes at {sr} Hz, {ch} channel(s)")
             notes.append(f"Bitrate {br} kbps is not one {spec.name} can use: {kbps:g} kbps ({why})")
-    return EncodeSettings(codec=spec.name, ext=spec.ext, encoder=spec.encoder,
+    fmt = None
+    if spec.sample_formats:
+        if sample_format is not None and sample_format not in spec.sample_formats:
+            raise invalid_argument(f"AudioConfig.SampleFormat {sample_format!r} is not allowed for {spec.name}")
+        own = source.audio.sample_format
+        fmt = sample_format or (own if own in spec.sample_formats else "s16")
+    elif sample_format is not None:
+        raise invalid_argument(f"AudioConfig.SampleFormat applies to wav and flac, not {spec.name}")
+    encoder = WAV_ENCODERS[fmt] if spec.name == "wav" else spec.encoder
+    return EncodeSettings(codec=spec.name, ext=spec.ext, encoder=encoder,
                           container=spec.container, samplerate=sr, channels=ch, bitrate_kbps=kbps,
-                          notes=tuple(notes))
+                          notes=tuple(notes), sample_format=fmt)
 
 
 class Encoder:
@@ -266,8 +286,12 @@ class Encoder:
             piece = a[start:start + self.PIECE_FRAMES]
             # a new C-contiguous little-endian buffer that the feeder thread owns: two passes
             pcm = np.empty(piece.shape, dtype="<f4")
-            np.clip(piece, -1.0, 1.0, out=pcm)          # +-inf -> +-1 (NaN stays NaN)
-            np.nan_to_num(pcm, copy=False, nan=0.0)     # NaN -> 0
+            if self.settings.floating:                  # float samples hold what they are given
+                pcm[...] = piece
+                np.nan_to_num(pcm, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+            else:
+                np.clip(piece, -1.0, 1.0, out=pcm)      # +-inf -> +-1 (NaN stays NaN)
+                np.nan_to_num(pcm, copy=False, nan=0.0)  # NaN -> 0
             self._queue.put(pcm)
         self.frames_written += a.shape[0]
 

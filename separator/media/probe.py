@@ -48,6 +48,8 @@ class AudioStream:
     channel_layout: str
     bitrate_kbps: float | None  # stream bit_rate, None if ffprobe does not know it
     duration: float | None      # seconds
+    #: "s16", "s24" or "f32" for a lossless stream (what its samples hold); None for lossy codecs
+    sample_format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,21 @@ def _tail(text: str, lines: int = 3) -> str:
     return " | ".join(kept[-lines:])
 
 
+#: codecs whose decoded samples are exactly what the file holds
+_LOSSLESS = ("pcm_", "flac", "alac", "wavpack", "ape", "tta", "mlp", "truehd", "wmalossless", "shorten")
+
+
+def _sample_format(stream: dict) -> str | None:
+    """What a lossless stream's samples hold (24 bits and more count as s24; float as f32)."""
+    codec = str(stream.get("codec_name", ""))
+    if not codec.startswith(_LOSSLESS):
+        return None
+    if codec.startswith("pcm_f") or stream.get("sample_fmt") in ("flt", "fltp", "dbl", "dblp"):
+        return "f32"
+    bits = _i(stream.get("bits_per_raw_sample")) or _i(stream.get("bits_per_sample")) or 16
+    return "s24" if bits > 16 else "s16"
+
+
 def probe(path: str | os.PathLike) -> MediaProbe:
     """Probe ``path`` with ffprobe; raise :class:`InputError` when it cannot be separated."""
     path = os.fspath(path)
@@ -161,7 +178,8 @@ def probe(path: str | os.PathLike) -> MediaProbe:
         audio.append(AudioStream(
             index=_i(s.get("index")) or 0, codec=str(s.get("codec_name", "")),
             samplerate=sr, channels=ch, channel_layout=str(s.get("channel_layout", "")),
-            bitrate_kbps=br / 1000.0 if br else None, duration=_f(s.get("duration"))))
+            bitrate_kbps=br / 1000.0 if br else None, duration=_f(s.get("duration")),
+            sample_format=_sample_format(s)))
     if not audio:
         kinds = ", ".join(f"{s.get('codec_type')}:{s.get('codec_name')}" for s in streams) or "none"
         raise InputError(f"input {name!r} has no audio stream (streams: {kinds})")

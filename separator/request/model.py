@@ -49,14 +49,20 @@ class _Model(BaseModel):
 
 
 class AudioConfig(_Model):
-    """``AudioConfig``: every child optional (defaults: aac, 44100 Hz — 8000 for amr —, source bitrate/channels)."""
+    """``AudioConfig``: every child optional (defaults: aac, 44100 Hz — 8000 for amr —, source bitrate/channels).
+
+    ``sample_format`` is **our extension** (``AudioConfig.SampleFormat``: ``s16``, ``s24`` or
+    ``f32``, for wav; ``s16`` or ``s24`` for flac); absent, a lossless output keeps the source's
+    format where the codec can hold it, else 16-bit.  The cloud's own fields keep their meaning.
+    """
 
     codec: str | None = Field(None, alias="Codec")
     samplerate: int | None = Field(None, alias="Samplerate")
     bitrate: int | None = Field(None, alias="Bitrate")
     channels: int | None = Field(None, alias="Channels")
+    sample_format: str | None = Field(None, alias="SampleFormat")
 
-    @field_validator("codec")
+    @field_validator("codec", "sample_format")
     @classmethod
     def _lower(cls, v: str | None) -> str | None:
         return v.strip().lower() if isinstance(v, str) else v

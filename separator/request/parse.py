@@ -44,7 +44,8 @@ from typing import Any, Literal, Union
 from urllib.parse import urlsplit
 
 from ..codecs import (
-    ALL_SAMPLERATES, BITRATE_RANGE_KBPS, CODECS, DEFAULT_CODEC, MUSIC_MODE_CODECS, get_codec,
+    ALL_SAMPLERATES, BITRATE_RANGE_KBPS, CODECS, DEFAULT_CODEC, MUSIC_MODE_CODECS, SAMPLE_FORMATS,
+    get_codec,
 )
 from ..errors import CIError, invalid_argument
 from ..protocol import MODE_NEEDS, MODE_ROLES, ROLE_NODES, ROLES
@@ -216,6 +217,7 @@ def _build_audio_config(n: _Node | None) -> AudioConfig | None:
         samplerate=n.int("Samplerate", "an integer sample rate in Hz"),
         bitrate=n.int("Bitrate", f"an integer bitrate in kbps ({BITRATE_RANGE_KBPS[0]}..{BITRATE_RANGE_KBPS[1]})"),
         channels=n.int("Channels", "an integer channel count"),
+        sample_format=n.text("SampleFormat"),
     )
 
 
@@ -305,12 +307,17 @@ def check_audio_config(cfg: AudioConfig | None, mode: str | None, path: str) -> 
     if name not in CODECS:
         raise invalid_argument(f"{path}.Codec {_show(cfg.codec)} is not supported; allowed: {_allowed(CODECS)}",
                    resource=f"{path}.Codec")
+    codec = get_codec(name)
+    if cfg.sample_format is not None and cfg.sample_format not in codec.sample_formats:
+        allowed = (f"allowed for {name}: {_allowed(codec.sample_formats)}" if codec.sample_formats
+                   else f"it applies to wav ({_allowed(SAMPLE_FORMATS)}) and flac (s16, s24) only")
+        raise invalid_argument(f"{path}.SampleFormat {_show(cfg.sample_format)} is not supported; {allowed}",
+                               resource=f"{path}.SampleFormat")
     if mode == "MusicMode":
         if name not in MUSIC_MODE_CODECS:
             raise invalid_argument(f"{path}.Codec {_show(name)} is not allowed with AudioMode MusicMode; allowed: "
                        f"{_allowed(MUSIC_MODE_CODECS)}", resource=f"{path}.Codec")
         return  # Samplerate / Bitrate / Channels are ignored in MusicMode
-    codec = get_codec(name)
     if cfg.samplerate is not None:
         if cfg.samplerate not in ALL_SAMPLERATES:
             raise invalid_argument(f"{path}.Samplerate {cfg.samplerate} is not supported; allowed: {_allowed(ALL_SAMPLERATES)}",
@@ -558,9 +565,9 @@ def effective_audio_config(params: VoiceSeparateParams | AudioConfig | None, aud
         cfg = params or AudioConfig()
     codec = get_codec(cfg.codec or DEFAULT_CODEC)
     if audio_mode == "MusicMode":
-        cfg = AudioConfig(codec=codec.name)
+        cfg = AudioConfig(codec=codec.name, sample_format=cfg.sample_format)
     channels = cfg.channels
     if channels is None and len(codec.channels) == 1:
         channels = codec.channels[0]
     return AudioConfig(codec=codec.name, samplerate=cfg.samplerate or codec.default_samplerate,
-                       bitrate=cfg.bitrate, channels=channels)
+                       bitrate=cfg.bitrate, channels=channels, sample_format=cfg.sample_format)

@@ -79,8 +79,11 @@ class TemplateRecord:
 
 def _audio_config_dict(cfg: AudioConfig | None) -> dict:
     cfg = cfg or AudioConfig()
-    return {"Codec": _s(cfg.codec), "Samplerate": _s(cfg.samplerate),
-            "Bitrate": _s(cfg.bitrate), "Channels": _s(cfg.channels)}
+    d = {"Codec": _s(cfg.codec), "Samplerate": _s(cfg.samplerate),
+         "Bitrate": _s(cfg.bitrate), "Channels": _s(cfg.channels)}
+    if cfg.sample_format:                      # our extension: only when the request set it
+        d["SampleFormat"] = cfg.sample_format
+    return d
 
 
 def voice_separate_dict(params: VoiceSeparateParams) -> dict:
