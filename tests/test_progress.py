@@ -2,7 +2,7 @@
 the service shows (query, list, callback), plus the migration of a database made before the
 ``progress`` column existed.
 
-The HTTP tests run the server with the **fake fast engine** (``separator.jobs.workers:fake_engine``,
+The HTTP tests run the server with the **fake fast engine** (``tests/fake_engine.py``,
 chosen in the config) and ``progress_steps``: it sleeps its ``delay`` in equal steps and calls the
 engine's ``progress(i, steps)`` after each, as the real engine reports frames done.  The official
 SDK (``cos-python-sdk-v5``) is the client.
@@ -18,9 +18,11 @@ from datetime import datetime, timezone
 from http.server import ThreadingHTTPServer
 
 import pytest
+from fake_engine import FAKE, fake_engine
 
+from separator.jobs.job import percent_progress, run_payload
 from separator.jobs.store import SCHEMA, JobStore
-from separator.jobs.workers import ProgressReporter, fake_engine, run_payload
+from separator.workers.child import Throttle
 
 pytest.importorskip("qcloud_cos")
 
@@ -43,7 +45,7 @@ class _Clock:
 
 def test_reporter_sends_only_changed_percentages_at_most_once_per_interval():
     clock, sent = _Clock(), []
-    rep = ProgressReporter(sent.append, interval=1.0, clock=clock)
+    rep = percent_progress(Throttle(sent.append, interval=1.0, clock=clock))
     rep(0, 1000)                      # 0 %: what the store already says
     rep(5, 1000)                      # still 0 %
     rep(10, 1000)                     # 1 %: the first change goes at once
@@ -74,7 +76,7 @@ def test_reporter_swallows_errors_and_stops_reporting():
         calls.append(pct)
         raise BrokenPipeError("scheduler went away")
 
-    rep = ProgressReporter(broken, interval=0.0)
+    rep = percent_progress(Throttle(broken, interval=0.0))
     for i in range(1, 11):
         rep(i, 10)                    # never raises
     assert calls == [10]              # one try, then reporting stops for this job
@@ -97,7 +99,7 @@ def test_fake_engine_reports_steps_through_run_payload_and_failures_do_not_matte
     payload, storage = _payload(tmp_path)
     sent = []
     result = run_payload(payload, fake_engine, storage, None, {"delay": 0.05, "progress_steps": 5},
-                         ProgressReporter(sent.append, interval=0.0))
+                         percent_progress(Throttle(sent.append, interval=0.0)))
     assert result["state"] == "Success"
     assert sent == [20, 40, 60, 80, 99]
 
@@ -105,7 +107,7 @@ def test_fake_engine_reports_steps_through_run_payload_and_failures_do_not_matte
         raise OSError("pipe closed")
 
     result = run_payload(payload, fake_engine, storage, None, {"delay": 0.02, "progress_steps": 2},
-                         ProgressReporter(boom, interval=0.0))
+                         percent_progress(Throttle(boom, interval=0.0)))
     assert result["state"] == "Success"
 
 
@@ -119,7 +121,7 @@ def test_engine_without_a_progress_parameter_still_runs(tmp_path):
                            model_options=model_options)
 
     result = run_payload(payload, strict_engine, storage, None, {},
-                         ProgressReporter(lambda p: None))
+                         percent_progress(Throttle(lambda p: None)))
     assert result["state"] == "Success"
 
 
@@ -207,7 +209,7 @@ def srv(tmp_path_factory):
     base = tmp_path_factory.mktemp("progress")
     root = base / "storage"
     root.mkdir()
-    cfg = write_config(base / "server.toml", engine="separator.jobs.workers:fake_engine",
+    cfg = write_config(base / "server.toml", engine=FAKE,
                        engine_options={"delay": DELAY, "progress_steps": STEPS},
                        callback_timeout=2.0, callback_retries=1, callback_backoff=0.1)
     server = ServerProcess(root, cfg, workers=1).start()
@@ -287,7 +289,7 @@ def test_waiting_job_reports_0(srv):
 def test_database_of_the_previous_version_is_migrated_and_served(tmp_path):
     root = tmp_path / "storage"
     root.mkdir()
-    cfg = write_config(tmp_path / "server.toml", engine="separator.jobs.workers:fake_engine",
+    cfg = write_config(tmp_path / "server.toml", engine=FAKE,
                        engine_options={"delay": 0.3, "progress_steps": 3})
     with ServerProcess(root, cfg) as server:
         c = server.client()
@@ -340,13 +342,13 @@ HAVE_RAY = importlib.util.find_spec("ray") is not None
 
 @pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip install 'separator[ray]')")
 def test_progress_from_a_ray_actor(tmp_path):
-    """With ``--ray-address`` the dispatcher asks the busy actor about once a second."""
+    """With ``--ray-address`` the pool asks the busy actor about once a second."""
     from ray_nodes import two_node_cluster
 
     root = tmp_path / "storage"
     root.mkdir()
     with two_node_cluster() as cluster:
-        cfg = write_config(tmp_path / "server.toml", engine="separator.jobs.workers:fake_engine",
+        cfg = write_config(tmp_path / "server.toml", engine=FAKE,
                            engine_options={"delay": DELAY, "progress_steps": STEPS},
                            ray_address=cluster["address"])
         with ServerProcess(root, cfg, workers=1, log=tmp_path / "server.log") as server:

@@ -1,6 +1,6 @@
 """The job service over HTTP with the official SDK (``cos-python-sdk-v5``, unchanged) as the client.
 
-These tests run the server with a **fake fast engine** (``separator.jobs.workers:fake_engine``,
+These tests run the server with a **fake fast engine** (``tests/fake_engine.py``,
 selected through the server's config: it copies the input to each output key instead of
 separating) so that the API, the queue, priorities, callbacks and a 100-job burst are quick to
 check.  ``test_server_e2e.py`` runs the real engine end to end.
@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fake_engine import FAKE
 
 pytest.importorskip("qcloud_cos")
 from qcloud_cos.cos_exception import CosServiceError  # noqa: E402
@@ -35,7 +36,7 @@ def env(tmp_path_factory):
     root = base / "storage"
     root.mkdir()
     run_log = base / "runs.log"
-    cfg = write_config(base / "server.toml", engine="separator.jobs.workers:fake_engine",
+    cfg = write_config(base / "server.toml", engine=FAKE,
                        engine_options={"delay": 0.0, "run_log": str(run_log)},
                        callback_timeout=2.0, callback_retries=1, callback_backoff=0.1)
     server = ServerProcess(root, cfg, workers=1).start()
@@ -434,7 +435,7 @@ def test_anonymous_mode_only_when_configured(tmp_path):
     root = tmp_path / "storage"
     root.mkdir()
     cfg = write_config(tmp_path / "anon.toml", keys={}, anonymous=True,
-                       engine="separator.jobs.workers:fake_engine")
+                       engine=FAKE)
     with ServerProcess(root, cfg) as server:
         c = server.client(Anonymous=True)
         c.put_object(Bucket=BUCKET, Body=b"abc", Key="a.txt")
