@@ -5,6 +5,7 @@ made with ffmpeg in a session temp dir."""
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from pathlib import Path
 
@@ -14,6 +15,12 @@ import pytest
 TEST_DATA = Path(__file__).resolve().parent / "data"          # committed, built by scripts/make_test_data.py
 MIXTURES = TEST_DATA / "mixtures"                               # <name>/{mixture,vocals,accompaniment}.flac
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"   # not committed (research licences)
+
+# tests/ importable in every process the tests start (servers, their workers, Ray nodes), for
+# the fake engine their configs name (``fake_engine:fake_engine``)
+TESTS = str(Path(__file__).resolve().parent)
+if TESTS not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)
 
 # Real files used by the tests (relative to TEST_DATA); see tests/data/README.md.
 DATA_FILES = {

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import run_ffmpeg
 from separator.batch import BatchError, BatchOptions, Defaults, build_plan, run_batch
-from separator.batch.cli import main as batch_main
+from separator.cli import main as cli_main
 from separator.batch.state import STATE_NAME
 from separator.media import probe
 from separator.storage.local import TMP_PREFIX
@@ -214,7 +214,7 @@ def test_manifest_jsonl_with_request_documents(clip, tmp_path):
 def test_ray_address_without_ray_is_a_clear_usage_error(clip, tmp_path, monkeypatch, capsys):
     make(clip, tmp_path / "in" / "a.wav")
     monkeypatch.setitem(sys.modules, "ray", None)       # as if the extra were not installed
-    rc = batch_main([str(tmp_path / "in"), str(tmp_path / "out"), "--ray-address", "auto", "-q"])
+    rc = cli_main(["batch", str(tmp_path / "in"), str(tmp_path / "out"), "--ray-address", "auto", "-q"])
     assert rc == 2
     assert "pip install 'separator[ray]'" in capsys.readouterr().err
 

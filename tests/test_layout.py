@@ -7,8 +7,9 @@ the command line; a module may import its own layer and the layers below, never 
     errors, protocol, codecs, runtime, filehash, progress      the vocabulary, process settings
     request, storage, media                                    the request, the files, ffmpeg
     core                                                       separation (models and streaming)
-    jobs                                                       one job: engine, store, callbacks
-    workers, batch, server, evaluate, api                      running many: pools, services, scoring
+    workers                                                    processes that run tasks (local, Ray)
+    jobs                                                       one job: engine, store, scheduler
+    batch, server, evaluate, api                               running many: catalogues, services, scoring
     cli, separator/__init__, every __main__                    the command line, the public names
 """
 from __future__ import annotations
@@ -22,8 +23,9 @@ LAYERS = [
     {"errors", "protocol", "codecs", "runtime", "filehash", "progress"},
     {"request", "storage", "media"},
     {"core"},
+    {"workers"},
     {"jobs"},
-    {"workers", "batch", "server", "evaluate", "api"},
+    {"batch", "server", "evaluate", "api"},
     {"cli", "__init__", "__main__"},     # the command line; the package's public face; entry points
 ]
 

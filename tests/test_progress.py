@@ -2,10 +2,11 @@
 the service shows (query, list, callback), plus the migration of a database made before the
 ``progress`` column existed.
 
-The HTTP tests run the server with the **fake fast engine** (``separator.jobs.workers:fake_engine``,
-chosen in the config) and ``progress_steps``: it sleeps its ``delay`` in equal steps and calls the
-engine's ``progress(i, steps)`` after each, as the real engine reports frames done.  The official
-SDK (``cos-python-sdk-v5``) is the client.
+The HTTP tests run the server with the **fake fast engine** (``tests/fake_engine.py``, chosen in
+the config) and ``progress_steps``: it calls the engine's ``progress(i, steps)`` after each step, as
+the real engine reports frames done.  A *gated* job runs its steps only as the test releases them,
+so each test waits for what it needs (a step reached, a value in the store), never for a time.
+The official SDK (``cos-python-sdk-v5``) is the client.
 """
 from __future__ import annotations
 
@@ -18,15 +19,17 @@ from datetime import datetime, timezone
 from http.server import ThreadingHTTPServer
 
 import pytest
+from fake_engine import FAKE, GATED, fake_engine, reached, release
 
+from separator.jobs.job import percent_progress, run_payload
 from separator.jobs.store import SCHEMA, JobStore
-from separator.jobs.workers import ProgressReporter, fake_engine, run_payload
+from separator.workers.child import Throttle
 
 pytest.importorskip("qcloud_cos")
 
 from separator.request import parse_job_request  # noqa: E402
 from separator.server.testing import BUCKET, REGION, ServerProcess, write_config  # noqa: E402
-from test_server_api import _Sink, job_body, wait_jobs  # noqa: E402
+from test_server_api import _Sink, canary, job_body, wait_jobs  # noqa: E402
 
 B = BUCKET
 
@@ -43,7 +46,7 @@ class _Clock:
 
 def test_reporter_sends_only_changed_percentages_at_most_once_per_interval():
     clock, sent = _Clock(), []
-    rep = ProgressReporter(sent.append, interval=1.0, clock=clock)
+    rep = percent_progress(Throttle(sent.append, interval=1.0, clock=clock))
     rep(0, 1000)                      # 0 %: what the store already says
     rep(5, 1000)                      # still 0 %
     rep(10, 1000)                     # 1 %: the first change goes at once
@@ -74,7 +77,7 @@ def test_reporter_swallows_errors_and_stops_reporting():
         calls.append(pct)
         raise BrokenPipeError("scheduler went away")
 
-    rep = ProgressReporter(broken, interval=0.0)
+    rep = percent_progress(Throttle(broken, interval=0.0))
     for i in range(1, 11):
         rep(i, 10)                    # never raises
     assert calls == [10]              # one try, then reporting stops for this job
@@ -97,7 +100,7 @@ def test_fake_engine_reports_steps_through_run_payload_and_failures_do_not_matte
     payload, storage = _payload(tmp_path)
     sent = []
     result = run_payload(payload, fake_engine, storage, None, {"delay": 0.05, "progress_steps": 5},
-                         ProgressReporter(sent.append, interval=0.0))
+                         percent_progress(Throttle(sent.append, interval=0.0)))
     assert result["state"] == "Success"
     assert sent == [20, 40, 60, 80, 99]
 
@@ -105,7 +108,7 @@ def test_fake_engine_reports_steps_through_run_payload_and_failures_do_not_matte
         raise OSError("pipe closed")
 
     result = run_payload(payload, fake_engine, storage, None, {"delay": 0.02, "progress_steps": 2},
-                         ProgressReporter(boom, interval=0.0))
+                         percent_progress(Throttle(boom, interval=0.0)))
     assert result["state"] == "Success"
 
 
@@ -119,7 +122,7 @@ def test_engine_without_a_progress_parameter_still_runs(tmp_path):
                            model_options=model_options)
 
     result = run_payload(payload, strict_engine, storage, None, {},
-                         ProgressReporter(lambda p: None))
+                         percent_progress(Throttle(lambda p: None)))
     assert result["state"] == "Success"
 
 
@@ -199,7 +202,7 @@ def test_old_database_without_the_column_is_migrated(tmp_path):
 
 # -- over HTTP ------------------------------------------------------------------------------------
 
-DELAY, STEPS = 4.0, 40   # a progress call every 0.1 s; the worker sends about one a second
+STEPS = 40   # a gated job's progress steps (2.5 % each); the worker sends about one value a second
 
 
 @pytest.fixture(scope="module")
@@ -207,13 +210,15 @@ def srv(tmp_path_factory):
     base = tmp_path_factory.mktemp("progress")
     root = base / "storage"
     root.mkdir()
-    cfg = write_config(base / "server.toml", engine="separator.jobs.workers:fake_engine",
-                       engine_options={"delay": DELAY, "progress_steps": STEPS},
+    gate = base / "gate"
+    gate.mkdir()
+    cfg = write_config(base / "server.toml", engine=FAKE,
+                       engine_options={"delay": 0.0, "progress_steps": STEPS, "gate": str(gate)},
                        callback_timeout=2.0, callback_retries=1, callback_backoff=0.1)
     server = ServerProcess(root, cfg, workers=1).start()
     client = server.client()
     client.put_object(Bucket=B, Body=b"RIFF-not-really-audio" * 10, Key="in/song.wav")
-    yield {"server": server, "client": client, "root": root}
+    yield {"server": server, "client": client, "root": root, "gate": gate}
     server.stop()
 
 
@@ -226,27 +231,59 @@ def _listed(client, job_id, states):
     return next(d for d in r.get("JobsDetail", []) if d["JobId"] == job_id)
 
 
+def _wait_for(cond, timeout=60.0, what="", required=True):
+    """``cond()`` once it is true; after ``timeout`` s a failure (or None when not ``required``)."""
+    deadline = time.monotonic() + timeout
+    while not (value := cond()):
+        if time.monotonic() > deadline:
+            assert not required, f"timed out waiting for {what}"
+            return None
+        time.sleep(0.02)
+    return value
+
+
+def _poll(c, job_id, seen, until, timeout=60.0, what="", required=True):
+    """Query the job until ``until(detail)``; every (State, Progress) seen goes to ``seen``."""
+    def check():
+        d = c.ci_get_media_jobs(Bucket=B, JobIDs=job_id)["JobsDetail"][0]
+        seen.append((d["State"], int(d["Progress"])))
+        return d if until(d) else None
+    return _wait_for(check, timeout, what or f"job {job_id}", required)
+
+
+def _step_until_moved(c, gate, job_id, step, seen):
+    """Release a gated job's steps one at a time (each once the engine reached the previous one)
+    until its stored Progress moves past the last value seen; the step it took."""
+    last = seen[-1][1]
+    while True:
+        step += 1
+        assert step < STEPS, f"the progress never moved: {seen}"
+        release(gate, job_id, step)
+        _wait_for(lambda: reached(gate, job_id) >= step, what=f"step {step}")
+        # a short look: a value the worker held back (throttled) shows after a later step
+        if _poll(c, job_id, seen, lambda d: int(d["Progress"]) > last, timeout=0.25, required=False):
+            return step
+
+
 def test_running_job_reports_increasing_progress_then_100(srv):
-    c = srv["client"]
+    c, gate = srv["client"], srv["gate"]
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _ProgressSink)
     _ProgressSink.got = []
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{sink.server_address[1]}/cb"
-        created = c.ci_create_media_jobs(Bucket=B, Jobs=job_body(CallBack=url, CallBackFormat="JSON"),
+        created = c.ci_create_media_jobs(Bucket=B, Jobs=job_body(CallBack=url, CallBackFormat="JSON",
+                                                                 UserData=GATED),
                                          Lst={})["JobsDetail"][0]
         job_id = created["JobId"]
         assert created["State"] == "Submitted" and created["Progress"] == "0"
-        seen, listed = [], None
-        deadline = time.time() + DELAY + 20
-        while time.time() < deadline:
-            d = c.ci_get_media_jobs(Bucket=B, JobIDs=job_id)["JobsDetail"][0]
-            seen.append((d["State"], int(d["Progress"])))
-            if d["State"] == "Running" and 0 < int(d["Progress"]) and listed is None:
-                listed = int(_listed(c, job_id, "Running")["Progress"])   # the list shows it too
-            if d["State"] in ("Success", "Failed"):
-                break
-            time.sleep(0.1)
+        seen = []
+        _poll(c, job_id, seen, lambda d: d["State"] == "Running", what="the job to start")
+        step = _step_until_moved(c, gate, job_id, 0, seen)
+        listed = int(_listed(c, job_id, "Running")["Progress"])   # the list shows it too
+        _step_until_moved(c, gate, job_id, step, seen)
+        release(gate, job_id, STEPS)
+        _poll(c, job_id, seen, lambda d: d["State"] in ("Success", "Failed"), what="the job to end")
         assert seen[-1] == ("Success", 100), seen
         running = [p for s, p in seen if s == "Running"]
         assert running == sorted(running), seen                      # never goes back
@@ -256,9 +293,7 @@ def test_running_job_reports_increasing_progress_then_100(srv):
         assert len(between) <= 8, seen                               # throttled: not one per step
         assert listed is not None and 0 < listed < 100
         assert _listed(c, job_id, "Success")["Progress"] == "100"
-        end = time.time() + 10
-        while not _ProgressSink.got and time.time() < end:
-            time.sleep(0.05)
+        _wait_for(lambda: _ProgressSink.got, timeout=10, what="the callback")
         doc = json.loads(_ProgressSink.got[0][2])
         assert doc["JobsDetail"]["JobId"] == job_id and doc["JobsDetail"]["Progress"] == "100"
     finally:
@@ -273,7 +308,7 @@ def test_waiting_job_reports_0(srv):
         created = c.ci_create_media_jobs(Bucket=B, Jobs=job_body(), Lst={})["JobsDetail"][0]
         job_id = created["JobId"]
         assert created["Progress"] == "0"
-        time.sleep(0.5)
+        canary(c)                                # a later job ran: this one was passed over
         d = c.ci_get_media_jobs(Bucket=B, JobIDs=job_id)["JobsDetail"][0]
         assert d["State"] == "Submitted" and d["Progress"] == "0"
         assert _listed(c, job_id, "Submitted")["Progress"] == "0"
@@ -287,7 +322,7 @@ def test_waiting_job_reports_0(srv):
 def test_database_of_the_previous_version_is_migrated_and_served(tmp_path):
     root = tmp_path / "storage"
     root.mkdir()
-    cfg = write_config(tmp_path / "server.toml", engine="separator.jobs.workers:fake_engine",
+    cfg = write_config(tmp_path / "server.toml", engine=FAKE,
                        engine_options={"delay": 0.3, "progress_steps": 3})
     with ServerProcess(root, cfg) as server:
         c = server.client()
@@ -340,27 +375,27 @@ HAVE_RAY = importlib.util.find_spec("ray") is not None
 
 @pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip install 'separator[ray]')")
 def test_progress_from_a_ray_actor(tmp_path):
-    """With ``--ray-address`` the dispatcher asks the busy actor about once a second."""
+    """With ``--ray-address`` the pool asks the busy actor about once a second."""
     from ray_nodes import two_node_cluster
 
     root = tmp_path / "storage"
     root.mkdir()
+    gate = tmp_path / "gate"
+    gate.mkdir()
     with two_node_cluster() as cluster:
-        cfg = write_config(tmp_path / "server.toml", engine="separator.jobs.workers:fake_engine",
-                           engine_options={"delay": DELAY, "progress_steps": STEPS},
+        cfg = write_config(tmp_path / "server.toml", engine=FAKE,
+                           engine_options={"delay": 0.0, "progress_steps": STEPS, "gate": str(gate)},
                            ray_address=cluster["address"])
         with ServerProcess(root, cfg, workers=1, log=tmp_path / "server.log") as server:
             c = server.client()
             c.put_object(Bucket=B, Body=b"audio" * 100, Key="in/song.wav")
-            job_id = c.ci_create_media_jobs(Bucket=B, Jobs=job_body(), Lst={})["JobsDetail"][0]["JobId"]
+            job_id = c.ci_create_media_jobs(Bucket=B, Jobs=job_body(UserData=GATED),
+                                            Lst={})["JobsDetail"][0]["JobId"]
             seen = []
-            deadline = time.time() + 90
-            while time.time() < deadline:
-                d = c.ci_get_media_jobs(Bucket=B, JobIDs=job_id)["JobsDetail"][0]
-                seen.append((d["State"], int(d["Progress"])))
-                if d["State"] in ("Success", "Failed"):
-                    break
-                time.sleep(0.1)
+            _poll(c, job_id, seen, lambda d: d["State"] == "Running", timeout=90, what="the job to start")
+            _step_until_moved(c, gate, job_id, 0, seen)
+            release(gate, job_id, STEPS)
+            _poll(c, job_id, seen, lambda d: d["State"] in ("Success", "Failed"), what="the job to end")
             assert seen[-1] == ("Success", 100), seen
             running = [p for s, p in seen if s == "Running"]
             assert running == sorted(running) and all(p <= 99 for p in running), seen

@@ -1,6 +1,6 @@
 """The job service over HTTP with the official SDK (``cos-python-sdk-v5``, unchanged) as the client.
 
-These tests run the server with a **fake fast engine** (``separator.jobs.workers:fake_engine``,
+These tests run the server with a **fake fast engine** (``tests/fake_engine.py``,
 selected through the server's config: it copies the input to each output key instead of
 separating) so that the API, the queue, priorities, callbacks and a 100-job burst are quick to
 check.  ``test_server_e2e.py`` runs the real engine end to end.
@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fake_engine import FAKE
 
 pytest.importorskip("qcloud_cos")
 from qcloud_cos.cos_exception import CosServiceError  # noqa: E402
@@ -27,6 +28,7 @@ from separator.server.testing import (  # noqa: E402
 )
 
 HOST = f"{BUCKET}.cos.{REGION}.myqcloud.com"
+BUCKET2 = "other-1250000000"   # a second bucket: its own queue
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def env(tmp_path_factory):
     root = base / "storage"
     root.mkdir()
     run_log = base / "runs.log"
-    cfg = write_config(base / "server.toml", engine="separator.jobs.workers:fake_engine",
+    cfg = write_config(base / "server.toml", engine=FAKE,
                        engine_options={"delay": 0.0, "run_log": str(run_log)},
                        callback_timeout=2.0, callback_retries=1, callback_backoff=0.1)
     server = ServerProcess(root, cfg, workers=1).start()
@@ -70,6 +72,21 @@ def submit(client, **over) -> str:
     d = r["JobsDetail"][0]
     assert d["State"] == "Submitted" and d["JobId"].startswith("j")
     return d["JobId"]
+
+
+def canary(client, bucket=BUCKET2) -> None:
+    """Run a job in another bucket (so another queue, active) to the end: once it is done, the
+    scheduler has passed over every job that was waiting before it (at its level or above)."""
+    client.put_object(Bucket=bucket, Body=b"canary", Key="in/song.wav")
+    body = job_body()
+    body["Operation"]["Output"]["Bucket"] = bucket
+    job_id = client.ci_create_media_jobs(Bucket=bucket, Jobs=body, Lst={})["JobsDetail"][0]["JobId"]
+    deadline = time.time() + 60
+    while (d := client.ci_get_media_jobs(Bucket=bucket, JobIDs=job_id)["JobsDetail"][0])["State"] not in (
+            "Success", "Failed"):
+        assert time.time() < deadline, "the canary job did not end"
+        time.sleep(0.05)
+    assert d["State"] == "Success", d
 
 
 def wait_jobs(client, ids, states=("Success", "Failed", "Cancel"), timeout=60.0) -> dict[str, dict]:
@@ -336,7 +353,7 @@ def test_pause_cancel_priorities_resume(env):
     assert r["Queue"][0]["State"] == "Paused"
     levels = [0, 0, 2, 1, 2]
     ids = [submit(c, JobLevel=str(level), QueueId=q["QueueId"]) for level in levels]
-    time.sleep(0.6)
+    canary(c)                     # a later job of another queue ran: these were passed over
     states = wait_jobs(c, ids, states=("Submitted",), timeout=5)
     assert all(d["State"] == "Submitted" for d in states.values())  # waiting jobs show Submitted
     r = c.ci_list_media_jobs(Bucket=BUCKET, Tag="VoiceSeparate", States="Pause", Size=100)
@@ -404,11 +421,14 @@ def test_callbacks_xml_json_queue_no_and_dead_endpoint(env):
         via_queue = submit(c)
         suppressed = submit(c, CallBack="no")
         wait_jobs(c, [via_queue, suppressed])
+        # a job after them with its own CallBack: once its callback came, theirs were sent (or not)
+        barrier = submit(c, CallBack=url + "/barrier", CallBackFormat="JSON")
         deadline = time.time() + 10
-        while not _Sink.got and time.time() < deadline:
+        while "/barrier" not in [p for p, _, _ in _Sink.got] and time.time() < deadline:
             time.sleep(0.05)
-        time.sleep(0.3)
-        assert [(p, json.loads(b)["JobsDetail"]["JobId"]) for p, _, b in _Sink.got] == [("/queue", via_queue)]
+        got = [(p, json.loads(b)["JobsDetail"]["JobId"]) for p, _, b in _Sink.got]
+        assert ("/barrier", barrier) in got
+        assert [x for x in got if x[0] != "/barrier"] == [("/queue", via_queue)]
     finally:
         q = c.ci_get_asr_queue(Bucket=BUCKET)["QueueList"][0]
         c.ci_update_asr_queue(Bucket=BUCKET, QueueId=q["QueueId"], Request={
@@ -434,7 +454,7 @@ def test_anonymous_mode_only_when_configured(tmp_path):
     root = tmp_path / "storage"
     root.mkdir()
     cfg = write_config(tmp_path / "anon.toml", keys={}, anonymous=True,
-                       engine="separator.jobs.workers:fake_engine")
+                       engine=FAKE)
     with ServerProcess(root, cfg) as server:
         c = server.client(Anonymous=True)
         c.put_object(Bucket=BUCKET, Body=b"abc", Key="a.txt")

@@ -2,7 +2,7 @@
 
 ``test_real_engine_end_to_end`` runs the bundled model on a 2 s clip and checks the outputs with
 ffprobe.  The restart and crash drills use the **fake fast engine**
-(``separator.jobs.workers:fake_engine``, chosen in the server config) with a delay, so that a job
+(``tests/fake_engine.py``, chosen in the server config) with a delay, so that a job
 is reliably "running" when the server or its worker is killed.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_engine import FAKE
 
 pytest.importorskip("qcloud_cos")
 
@@ -111,7 +112,7 @@ def _fake(tmp_path, delay):
     root = tmp_path / "storage"
     root.mkdir(exist_ok=True)
     log = tmp_path / "runs.log"
-    cfg = write_config(tmp_path / "server.toml", engine="separator.jobs.workers:fake_engine",
+    cfg = write_config(tmp_path / "server.toml", engine=FAKE,
                        engine_options={"delay": delay, "run_log": str(log)})
     return root, cfg, log
 

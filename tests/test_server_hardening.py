@@ -1,6 +1,6 @@
 """Hardening of the job service (issue 14, items 10–17), over real signed HTTP and the official SDK.
 
-Most tests share one server running the **fake fast engine** (``separator.jobs.workers:fake_engine``:
+Most tests share one server running the **fake fast engine** (``tests/fake_engine.py``:
 it copies the input to each output key, holding the outputs' temporary files open while it
 sleeps ``delay`` seconds, as the real engine holds them while it separates).  The temp-file,
 logging and configuration drills start their own servers.  Nothing here sleeps for a fixed
@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
+from fake_engine import FAKE
 
 pytest.importorskip("qcloud_cos")
 from qcloud_cos.cos_exception import CosServiceError  # noqa: E402
@@ -31,7 +32,6 @@ from separator.server.testing import (  # noqa: E402
 from separator.storage.local import TMP_PREFIX  # noqa: E402
 
 HOST = f"{BUCKET}.cos.{REGION}.myqcloud.com"
-FAKE = "separator.jobs.workers:fake_engine"
 
 
 def wait_for(cond, timeout=30.0, what="condition"):

@@ -12,7 +12,7 @@ are started in child processes pointing at that cluster; the official SDK is the
 * a server killed mid-job: on restart the job runs again (once more) on Ray;
 * the real engine (bundled model) on a 2 s clip, end to end through a Ray actor.
 
-The fake fast engine (``separator.jobs.workers:fake_engine``) appends ``<job_id> <pid>`` to a
+The fake fast engine (``tests/fake_engine.py``) appends ``<job_id> <pid>`` to a
 run log, which is how "exactly once" and "on which actor" are checked.  Without Ray installed
 only the last test runs: ``--ray-address`` must then fail at once with the install hint.
 """
@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_engine import FAKE
 from ray_nodes import two_node_cluster
 
 pytest.importorskip("qcloud_cos")
@@ -42,7 +43,6 @@ needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip i
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 CLIP = DATA / "mirdata-test-resources" / "ikala" / "Wavfile" / "10161_chorus.wav"
-FAKE = "separator.jobs.workers:fake_engine"
 
 
 # -- the cluster (as in test_batch_ray.py, but one per module) ------------------------------------

@@ -5,7 +5,8 @@
     print(report.totals)
 
 See :mod:`.plan` (sources, manifests), :mod:`.naming` (output templates), :mod:`.state`
-(resume), :mod:`.runner` (summary, exit statuses), :mod:`.local` and :mod:`.ray_backend`.
+(resume), :mod:`.runner` (summary, exit statuses), :mod:`.worker` (what a worker runs); the
+workers themselves are :mod:`separator.workers`' pools.
 """
 from .naming import DEFAULT_TEMPLATE
 from .plan import MEDIA_EXTENSIONS, BatchItem, Defaults, Plan, build_plan

@@ -35,19 +35,26 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CIError
 from ..progress import AudioBar, clock, summary
 from ..storage.local import atomic_file
+from ..workers import (
+    MAX_ATTEMPTS, Event, Finished, InProcessPool, LocalPool, Pool, Progress, given_up_message,
+    plan_workers, require_device, should_retry,
+)
 from .plan import BatchItem, Defaults, Plan, build_plan
 from .state import BatchState, OutputLock, input_identity, sweep_temporaries
+from .worker import RUNNER
 
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "batch-summary.jsonl"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+WORKER_WAIT_S = 300.0   # inputs wait this long for a worker (a Ray actor starting) before they fail
 
 
 class BatchError(Exception):
@@ -68,7 +75,7 @@ class BatchOptions:
     force: bool = False                 # separate everything again, ignoring the state
     all_files: bool = False
     progress: str = "auto"              # auto | bar | log | none
-    max_attempts: int | None = None
+    max_attempts: int | None = None     # None: separator.workers.MAX_ATTEMPTS
 
 
 @dataclass
@@ -89,7 +96,7 @@ class _Progress:
 
     The inputs' lengths are probed on a background thread as the batch runs, so the total
     grows while the first inputs are separated; running inputs count as far as their workers
-    report (local workers, about once a second)."""
+    report (about once a second)."""
 
     def __init__(self, mode: str, items: list[BatchItem], label: str):
         if mode == "auto":
@@ -175,19 +182,93 @@ class _Progress:
 # the run
 # ------------------------------------------------------------------------------------------------
 
-def _backend(opts: BatchOptions):
+def _pool(opts: BatchOptions) -> Pool:
+    """The worker pool of a batch (not opened yet); ValueError/RayUnavailable when it cannot be."""
     if opts.ray_address:
-        from .ray_backend import RayBackend
+        from ..workers.ray import RayPool
 
-        return RayBackend(opts.ray_address, workers=opts.workers or None, cpus_per_worker=opts.ray_cpus_per_worker,
-                          device=opts.device, max_attempts=opts.max_attempts or 3)
+        return RayPool(opts.ray_address, runner=RUNNER, context={}, device=opts.device,
+                       workers=opts.workers or None, cpus_per_worker=opts.ray_cpus_per_worker)
+    require_device(opts.device)
     if opts.workers == 0:
-        from .local import InProcessBackend
+        return InProcessPool(RUNNER, {}, opts.device)
+    specs = plan_workers(opts.workers, opts.device)
+    # a batch gives up on workers that keep dying: then the inputs left fail (WorkerLost)
+    return LocalPool(RUNNER, {}, specs, max_respawns=3 * len(specs) + 3)
 
-        return InProcessBackend(opts.device)
-    from .local import LocalBackend, plan_workers
 
-    return LocalBackend(plan_workers(opts.workers, opts.device), max_attempts=opts.max_attempts or 2)
+def _lost_result(item: BatchItem, message: str, attempts: int | None = None) -> dict:
+    res = {"index": item.index, "status": "failed", "seconds": 0.0,
+           "error": {"code": "WorkerLost", "message": message}}
+    if attempts:
+        res["attempts"] = attempts
+    return res
+
+
+def _separate(pool: Pool, items: list[BatchItem], on_result, on_dispatch, on_progress, *,
+              max_attempts: int, wait_s: float = WORKER_WAIT_S) -> None:
+    """Separate ``items`` on ``pool`` (open): idle slots take the next input; a finished one is
+    ``on_result``; an input whose worker was lost goes to the front of the queue again, or fails
+    (``WorkerLost``) once the retry policy gives it up.  When no worker is left (or none has been
+    available for ``wait_s`` seconds) the inputs still waiting fail."""
+    pending = deque(items)
+    running: dict[str, BatchItem] = {}     # slot -> its input
+    losses: dict[int, int] = {}            # input index -> lost workers
+    waiting_since: float | None = None
+
+    def on_event(ev: Event) -> None:
+        item = running.get(ev.slot)
+        if item is None or ev.key != item.index:
+            return
+        if isinstance(ev, Progress):
+            on_progress(item, ev.value)
+            return
+        del running[ev.slot]
+        n = losses.get(item.index, 0)
+        if isinstance(ev, Finished):
+            res = ev.result if ev.error is None else {
+                "index": item.index, "status": "failed", "seconds": 0.0,
+                "error": {"code": "InternalError", "message": ev.error}}
+            if ev.node:
+                res["node"] = ev.node
+            if n:
+                res["attempts"] = n + 1
+            on_result(item, res)
+            return
+        n = losses[item.index] = n + 1
+        again = should_retry(n, max_attempts)
+        log.warning("worker %s was lost while separating %s (%s); %s", ev.slot, item.rel, ev.reason,
+                    "retrying elsewhere" if again else "giving up")
+        if again:
+            pending.appendleft(item)
+        else:
+            on_result(item, _lost_result(item, given_up_message(n, ev.reason, "input"), n))
+
+    def fail_pending(message: str) -> None:
+        while pending:
+            item = pending.popleft()
+            on_result(item, _lost_result(item, message))
+
+    while pending or running:
+        if pending:
+            for slot in pool.idle():
+                if not pending:
+                    break
+                item = running[slot] = pending.popleft()
+                on_dispatch(item)
+                pool.start(slot, item.index, item)
+        if pending and not running:       # nothing runs and nothing can start now
+            if pool.exhausted:
+                fail_pending("every worker died; none left to run this input")
+                break
+            now = time.monotonic()
+            waiting_since = waiting_since or now
+            if now - waiting_since > wait_s:
+                fail_pending(f"no worker became available in {wait_s:g} s")
+                break
+        else:
+            waiting_since = None
+        pool.poll(1.0, on_event)
 
 
 def _failed_row(item: BatchItem, code: str, message: str) -> dict:
@@ -217,17 +298,16 @@ def run_batch(opts: BatchOptions) -> BatchReport:
             plan: Plan = build_plan(opts.source, out, opts.defaults, all_files=opts.all_files, exclude=earlier)
         except CIError as e:
             raise BatchError(e.message) from None
-        backend = None
         try:
-            backend = _backend(opts)
+            pool = _pool(opts)
         except Exception as e:  # RayUnavailable, bad device …
             raise BatchError(str(e)) from None
-        return _run(plan, opts, backend, out, summary_path, started)
+        return _run(plan, opts, pool, out, summary_path, started)
     finally:
         lock.__exit__(None, None, None)
 
 
-def _run(plan: Plan, opts: BatchOptions, backend, out: Path, summary_path: Path, started: float) -> BatchReport:
+def _run(plan: Plan, opts: BatchOptions, pool: Pool, out: Path, summary_path: Path, started: float) -> BatchReport:
     swept = sweep_temporaries(out)
     if swept:
         log.info("removed %d temporary file(s) left by an interrupted run", swept)
@@ -250,7 +330,7 @@ def _run(plan: Plan, opts: BatchOptions, backend, out: Path, summary_path: Path,
             todo.append(item)
 
     models = sorted({item.model for item in todo}) or [opts.defaults.model or "?"]
-    progress = _Progress(opts.progress, todo, f"batch ({', '.join(models)}; {backend.describe()})")
+    progress = _Progress(opts.progress, todo, f"batch ({', '.join(models)}; {pool.describe()})")
     n_skip = sum(1 for r in rows.values() if r["status"] == "skipped")
     n_bad = sum(1 for r in rows.values() if r["status"] == "failed")
     progress.say(f"batch: {len(plan.items)} input(s) in {plan.source}: {len(todo)} to separate, "
@@ -294,22 +374,26 @@ def _run(plan: Plan, opts: BatchOptions, backend, out: Path, summary_path: Path,
             prev_term = signal.signal(signal.SIGTERM, _term)
         except ValueError:  # not the main thread
             prev_term = None
-        if hasattr(backend, "prepare"):
-            try:
-                backend.prepare()
-            except Exception as e:  # noqa: BLE001 - e.g. the Ray cluster cannot be reached
-                progress.close()
-                raise BatchError(f"cannot start the workers on {backend.describe()}: {type(e).__name__}: {e}") from None
+        cannot_start = None
         try:
-            progress.say(f"running on {backend.describe()}")
-            backend.run(todo, on_result, on_dispatch, progress.progress)
+            try:
+                pool.open()
+            except Exception as e:  # noqa: BLE001 - e.g. the Ray cluster cannot be reached
+                cannot_start = f"cannot start the workers on {pool.describe()}: {type(e).__name__}: {e}"
+            else:
+                progress.say(f"running on {pool.describe()}")
+                _separate(pool, todo, on_result, on_dispatch, progress.progress,
+                          max_attempts=opts.max_attempts or MAX_ATTEMPTS)
         except KeyboardInterrupt:
             interrupted = True
             progress.say("interrupted: finished inputs are recorded; run the same command again to go on")
         finally:
+            pool.close()
             progress.close()
             if prev_term is not None:
                 signal.signal(signal.SIGTERM, prev_term)
+        if cannot_start:
+            raise BatchError(cannot_start)
         sweep_temporaries(out)
 
     for item in todo:
@@ -328,7 +412,7 @@ def _run(plan: Plan, opts: BatchOptions, backend, out: Path, summary_path: Path,
     exit_status = EXIT_INTERRUPTED if interrupted else EXIT_FAILED if count["failed"] else EXIT_OK
     totals = {"totals": True, "inputs": len(plan.items), **count, "audio_seconds": round(audio, 3),
               "wall_seconds": round(wall, 3), "audio_hours_per_hour": round(audio / wall, 2) if wall else 0.0,
-              "backend": backend.name, "workers": getattr(backend, "workers", None),
+              "backend": pool.kind, "workers": pool.n,
               "exit_status": exit_status}
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(summary_path) as tmp:

@@ -3,13 +3,18 @@
 ``run_job`` never raises for a failed job: every failure becomes ``State=Failed`` with
 the protocol's ``Code``/``Message``, exactly what the cloud reports, and nothing is
 written.  It is shared by ``separator run`` (CLI), the Python API and the job service's
-workers.
+workers, where :func:`run_task` (the service's worker-pool runner) runs one job of the store.
 """
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 import logging
+import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -90,3 +95,119 @@ def run_job(req: JobRequest, storage: LocalStorage, *, bucket: str, region: str,
     record.end_time = datetime.now(timezone.utc)
     return record
 
+
+
+# ---------------------------------------------------------------------------------------------
+# The job service's runner: one job of the store, in a worker (see separator.workers)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class TemplateRef:
+    """What ``run_job`` needs of a template: ``template_id``, ``name``, ``params``."""
+    template_id: str
+    name: str
+    params: Any
+
+
+@functools.lru_cache(maxsize=None)
+def load_engine(spec: str) -> Callable[..., Any]:
+    """The engine ``"module:function"`` (``run_job``'s signature; once per process)."""
+    module, _, func = spec.partition(":")
+    return getattr(importlib.import_module(module), func or "run_job")
+
+
+@functools.lru_cache(maxsize=None)
+def _storage(root: str) -> LocalStorage:
+    return LocalStorage(root)
+
+
+def _ts(dt: datetime | None) -> float | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def record_result(record: Any) -> dict[str, Any]:
+    """The JSON-able part of a finished JobRecord that the store keeps."""
+    media_result = getattr(record, "media_result", None)
+    return {
+        "state": record.state,
+        "code": getattr(record, "code", "Success") or "Success",
+        "message": getattr(record, "message", "") or "",
+        "started": _ts(getattr(record, "start_time", None)),
+        "ended": _ts(getattr(record, "end_time", None)),
+        "media_result": [list(x) for x in media_result] if media_result else None,
+        "media_info": getattr(record, "media_info", None),
+        "extra": getattr(record, "extra", None),
+    }
+
+
+def internal_error(message: str) -> dict[str, Any]:
+    """The stored result of a job whose engine (or worker) failed with a bug."""
+    return {"state": "Failed", "code": "InternalError", "message": f"internal error: {message}",
+            "started": None, "ended": time.time(), "media_result": None, "media_info": None,
+            "extra": None}
+
+
+def percent_progress(report: Callable[[int], None]) -> Callable[[float, float], None]:
+    """The engine's ``progress(done, total)`` as a whole percentage for ``report``: 0–99
+    (100 is reserved for a job that succeeded); an unknown total is not reported."""
+    def progress(done: float, total: float) -> None:
+        if total > 0:
+            report(max(0, min(99, int(done * 100 // total))))
+    return progress
+
+
+def _accepts_progress(engine: Callable[..., Any]) -> bool:
+    """Whether ``engine`` takes a ``progress`` keyword (a custom engine may not)."""
+    try:
+        params = inspect.signature(engine).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "progress" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def run_payload(payload: dict[str, Any], engine: Callable[..., Any], storage: Any,
+                device: str | None, engine_options: dict[str, Any],
+                progress: Callable[[float, float], None] | None = None) -> dict[str, Any]:
+    """Run the job the scheduler sent (``payload``: the store's row) with ``engine``; its result."""
+    from ..request.model import VoiceSeparateParams
+
+    req = JobRequest.model_validate_json(payload["request"])
+    template = None
+    if payload.get("template"):
+        t = payload["template"]
+        template = TemplateRef(t["template_id"], t["name"], VoiceSeparateParams.model_validate(t["params"]))
+    kwargs: dict[str, Any] = {}
+    if engine_options:
+        kwargs["model_options"] = engine_options
+    if progress is not None and _accepts_progress(engine):
+        kwargs["progress"] = progress
+    record = engine(req, storage, bucket=payload["bucket"], region=payload["region"],
+                    job_id=payload["job_id"], queue_id=payload["queue_id"],
+                    created=datetime.fromtimestamp(payload["created"], timezone.utc),
+                    template=template, model=payload.get("model"), device=device, **kwargs)
+    return record_result(record)
+
+
+def run_safely(payload: dict[str, Any], engine: Callable[..., Any], storage: Any,
+               device: str | None, engine_options: dict[str, Any],
+               progress: Callable[[float, float], None] | None = None) -> dict[str, Any]:
+    """:func:`run_payload`, with an engine exception turned into a Failed result."""
+    try:
+        return run_payload(payload, engine, storage, device, engine_options, progress)
+    except Exception as err:  # the engine should never raise; if it does, the job fails
+        log.error("job %s: engine raised\n%s", payload.get("job_id"), traceback.format_exc())
+        return internal_error(f"{type(err).__name__}: {err}")
+
+
+def run_task(context: dict[str, Any], payload: dict[str, Any],
+             progress: Callable[[int], None]) -> dict[str, Any]:
+    """The service's worker-pool runner: ``context`` holds ``engine`` (``"module:function"``),
+    ``storage_root``, ``engine_options`` and the worker's ``device``; progress is reported as
+    a whole percentage."""
+    return run_safely(payload, load_engine(context["engine"]), _storage(context["storage_root"]),
+                      context.get("device"), context.get("engine_options") or {},
+                      percent_progress(progress))

@@ -32,6 +32,7 @@ from typing import Any
 
 from ..errors import invalid_argument
 from ..storage.database import Database
+from ..workers.pool import should_retry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -329,7 +330,7 @@ class JobStore:
             if row is None:
                 return None
             crashes = row["crashes"] + (1 if crashed else 0)
-            if crashes >= max_attempts:
+            if not should_retry(crashes, max_attempts):
                 db.execute("UPDATE jobs SET state='Failed', code='InternalError', message=?, crashes=?, "
                            "ended=?, worker=NULL WHERE job_id=?",
                            (message or f"the worker running this job died {crashes} times",

@@ -32,7 +32,7 @@ on Ray actors instead of local worker processes: one per GPU, else one per
 pause/resume, cancel and restart recovery stay in this server.  The storage root must be a
 shared file system mounted at the **same path on every Ray node** (the actors read inputs and
 write outputs there), and ``separator`` with its models must be installed on every node.
-See :mod:`separator.jobs.ray_dispatch`.
+See :mod:`separator.workers.ray`.
 
 The file is checked against :class:`FileConfig` before anything starts: types are strict (a
 string is not a bool, so ``anonymous = "false"`` is refused rather than read as true; a float

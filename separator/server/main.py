@@ -85,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     prepare_storage(cfg.storage)
     check_models(cfg, args.config)
     if cfg.ray_address:
-        from ..jobs.ray_dispatch import import_ray
+        from ..workers.ray import import_ray
 
         import_ray()  # without the extra: RayUnavailable, reported below with the pip command
     return cfg

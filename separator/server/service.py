@@ -17,10 +17,10 @@ Behaviour choices (the spec leaves them open; also listed in the README):
 * **Progress**: ``JobsDetail.Progress`` is 0 while the job waits, the engine's percentage while
   it runs (workers report it about once a second; at most 99), 100 once it succeeded, and the
   last reported value for a failed or cancelled job.  It also appears in the callback body.
-* A job whose worker process dies is run again; after ``max_attempts`` (2) crashes it is
-  ``Failed`` with ``InternalError``.  With ``--ray-address`` the same holds for a lost Ray actor
-  or node, and cancel behaves the same (a waiting job is never sent to Ray; a running one cannot
-  be cancelled).
+* A job whose worker process dies is run again; after ``max_attempts`` (2:
+  :data:`separator.workers.MAX_ATTEMPTS`) crashes it is ``Failed`` with ``InternalError``.  With
+  ``--ray-address`` the same holds for a lost Ray actor or node, and cancel behaves the same (a
+  waiting job is never sent to Ray; a running one cannot be cancelled).
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from typing import Any
 from ..errors import invalid_argument
 from ..protocol import FINISHED_STATES, JOB_STATES
 from ..jobs.callback import CallbackSender, choose_target
+from ..jobs.scheduler import JOB_RUNNER, Scheduler
 from ..jobs.store import JobRow, JobStore, QueueRow, TemplateRow
-from ..jobs.workers import WorkerPool
 from ..request import (
     JobRecord, JobRequest, TemplateRecord, VoiceSeparateParams, merge_template, new_job_id,
     parse_job_request, parse_template_request, parse_time, render_callback,
@@ -41,6 +41,7 @@ from ..request import (
 from ..request.parse import is_http_url
 from ..storage import LocalStorage
 from ..storage.local import remove_temporaries
+from ..workers import LocalPool, Pool, plan_workers
 from .config import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -88,19 +89,21 @@ class JobService:
         self.store = JobStore(cfg.state_dir / "jobs.sqlite3")
         self.callbacks = CallbackSender(timeout=cfg.callback_timeout, retries=cfg.callback_retries,
                                         backoff=cfg.callback_backoff)
-        dispatcher = None
-        if cfg.ray_address:  # jobs run on Ray actors; everything else stays here
-            from ..jobs.ray_dispatch import RayActors
+        # where jobs run: local worker processes, or Ray actors (everything else stays here)
+        context = {"engine": cfg.engine, "storage_root": str(cfg.storage),
+                   "engine_options": dict(cfg.engine_options)}
+        pool: Pool
+        if cfg.ray_address:
+            from ..workers.ray import RayPool
 
-            dispatcher = RayActors(cfg.ray_address, storage_root=str(cfg.storage), engine=cfg.engine,
-                                   device=cfg.device, engine_options=cfg.engine_options,
-                                   workers=cfg.workers, cpus_per_worker=cfg.ray_cpus_per_worker)
-        self.pool = WorkerPool(self.store, storage_root=cfg.storage,
-                               workers=cfg.default_workers() if dispatcher is None else 1,
-                               engine=cfg.engine, device=cfg.device, engine_options=cfg.engine_options,
-                               max_attempts=cfg.max_attempts, state_dir=cfg.state_dir,
-                               on_finished=self.job_finished, model_for=self.model_for,
-                               dispatcher=dispatcher)
+            pool = RayPool(cfg.ray_address, runner=JOB_RUNNER, context=context, device=cfg.device,
+                           workers=cfg.workers, cpus_per_worker=cfg.ray_cpus_per_worker,
+                           must_see=[str(cfg.storage)])
+        else:
+            pool = LocalPool(JOB_RUNNER, context, plan_workers(cfg.workers, cfg.device))
+        self.scheduler = Scheduler(self.store, pool, storage_root=cfg.storage,
+                                   max_attempts=cfg.max_attempts, state_dir=cfg.state_dir,
+                                   on_finished=self.job_finished, model_for=self.model_for)
         self._start_workers = start_workers
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -115,11 +118,11 @@ class JobService:
             log.warning("%d job(s) were running when the server stopped; they run again: %s",
                         len(again), ", ".join(again))
         if self._start_workers:
-            self.pool.start()
+            self.scheduler.start()
 
     def stop(self) -> None:
         if self._start_workers:
-            self.pool.stop()
+            self.scheduler.stop()
         self.callbacks.close()
         self.store.close()
 
@@ -181,7 +184,7 @@ class JobService:
                                  input_object=req.input_object,
                                  request=req.model_dump_json(by_alias=True), template=template, meta=meta)
         log.info("job %s submitted (bucket %s, level %s)", row.job_id, bucket, row.level)
-        self.pool.wake()
+        self.scheduler.wake()
         return self.record(row)
 
     def get(self, bucket: str, ids: Sequence[str]) -> tuple[list[JobRecord], list[str]]:
@@ -297,7 +300,7 @@ class JobService:
             if n.get(k):
                 notify[k] = n[k]
         return {"QueueId": q.queue_id, "Name": q.name, "State": q.state, "NotifyConfig": notify,
-                "MaxSize": 10000, "MaxConcurrent": max(1, self.pool.n),
+                "MaxSize": 10000, "MaxConcurrent": max(1, self.scheduler.n),
                 "UpdateTime": format_time(_dt(q.updated)), "CreateTime": format_time(_dt(q.created)),
                 "Category": "Speeching", "BucketId": q.bucket}
 
@@ -323,5 +326,5 @@ class JobService:
         q = self.store.update_queue(bucket, queue_id, name=name, state=state, notify=notify)
         log.info("queue %s is now %s", queue_id, q.state)
         if q.state == "Active":
-            self.pool.wake()
+            self.scheduler.wake()
         return q
