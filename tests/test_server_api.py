@@ -473,4 +473,4 @@ def test_config_files_toml_and_yaml(tmp_path):
     assert cfg.port == 9 and cfg.callback_retries == 1 and cfg.queue_name == "q"
     (tmp_path / "c.yaml").write_text("anonymous: true\nkeys:\n  - SecretId: x\n    SecretKey: y\nworkers: 2\n")
     cfg = build_config(tmp_path, config_file=str(tmp_path / "c.yaml"))
-    assert cfg.anonymous and cfg.keys == {"x": "y"} and cfg.default_workers() == 2
+    assert cfg.anonymous and cfg.keys == {"x": "y"} and cfg.workers == 2

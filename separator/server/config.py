@@ -56,6 +56,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..protocol import AudioMode
+from ..workers.pool import MAX_ATTEMPTS
 from ..request.parse import is_http_url
 
 
@@ -84,7 +85,7 @@ class ServerConfig:
     callback_retries: int = 3
     callback_backoff: float = 0.5
     time_skew: int = 900
-    max_attempts: int = 2            # a job whose worker crashes is run at most this many times
+    max_attempts: int = MAX_ATTEMPTS  # a job whose worker crashes is run at most this many times
     # "module:function" with run_job's signature; tests point this at a fake fast engine
     engine: str = "separator.jobs.job:run_job"
     engine_options: dict[str, Any] = field(default_factory=dict)
@@ -95,17 +96,6 @@ class ServerConfig:
     def state_dir(self) -> Path:
         """Server state beside the buckets (``.separator`` can never be a bucket name)."""
         return Path(self.storage) / ".separator"
-
-    def default_workers(self) -> int:
-        if self.workers:
-            return max(1, int(self.workers))
-        try:  # one per GPU, else one using all cores
-            import torch
-            if (self.device or "").startswith("cuda") or (self.device is None and torch.cuda.is_available()):
-                return max(1, torch.cuda.device_count())
-        except Exception:  # noqa: BLE001 - torch missing or broken: CPU
-            pass
-        return 1
 
 
 # -- the file --------------------------------------------------------------------------------------
