@@ -206,12 +206,12 @@ def ensure_registered(name: str, model_dir=None) -> None:
         registry.get_spec(name)
     except CIError:
         try:
-            from .core import demucs_backend
+            from .core import demucs
         except ImportError:
             return
-        for spec in demucs_backend.demucs_specs(model_dir, include_local=True):
+        for spec in demucs.specs(model_dir, include_local=True):
             if spec.name == name:
-                registry.register(spec, demucs_backend.load)
+                registry.register(spec, demucs.load)
                 return
 
 

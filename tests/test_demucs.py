@@ -21,8 +21,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demucs_fixtures as fx  # noqa: E402
 
-from separator.core import catalogue, model_store  # noqa: E402
-from separator.core.demucs_backend import DemucsModel, demucs_specs, load_demucs, mix_stats  # noqa: E402
+from separator.core.demucs import DemucsModel, catalogue, load_demucs, mix_stats  # noqa: E402
+from separator.core.demucs import repo as model_store  # noqa: E402
+from separator.core.demucs import specs as demucs_specs  # noqa: E402
 from separator.errors import CIError, ModelUnavailable  # noqa: E402
 
 
@@ -99,7 +100,7 @@ def test_catalogue_covers_every_pretrained_model():
 def test_committed_catalogue_is_up_to_date():
     committed = (catalogue.CATALOGUE_DIR / "demucs.yaml").read_text()
     assert committed == catalogue.dump_demucs_catalogue(), \
-        "regenerate: python -m separator.core.catalogue demucs > models/demucs.yaml"
+        "regenerate: python -m separator.core.demucs catalogue > models/demucs.yaml"
 
 
 def test_specs_list_every_model():
@@ -376,20 +377,20 @@ def test_stems_and_background(tiny_dir):
 
 
 def test_registry_style_factory(tiny_dir):
-    from separator.core import demucs_backend
+    from separator.core import demucs
     spec = next(s for s in demucs_specs(tiny_dir, include_local=True) if s.name == "tiny_bag")
-    m = demucs_backend.load(spec, "cpu", model_dir=tiny_dir, overlap=0.5)
+    m = demucs.load(spec, "cpu", model_dir=tiny_dir, overlap=0.5)
     assert isinstance(m, DemucsModel) and m.spec == spec and m.overlap == 0.5
 
 
 def test_local_models_are_listed_from_their_headers(tiny_dir, monkeypatch):
     """Listing a local model reads its weight file's class and arguments (memory-mapped); it
     builds nothing (the CLI used to build every local model once just to list it)."""
-    from separator.core import demucs_backend
+    from separator.core.demucs import loader
 
     want = {s.name: s for s in demucs_specs(tiny_dir, include_local=True)}
     built = []
-    monkeypatch.setattr(demucs_backend, "_load_bag", lambda *a, **k: built.append(a) or pytest.fail("built"))
+    monkeypatch.setattr(loader, "load_bag", lambda *a, **k: built.append(a) or pytest.fail("built"))
     got = {s.name: s for s in demucs_specs(tiny_dir, include_local=True)}
     assert not built and set(got) >= {"tiny_htdemucs", "tiny_bag"}
     monkeypatch.undo()
@@ -403,11 +404,11 @@ def test_local_models_are_listed_from_their_headers(tiny_dir, monkeypatch):
 def test_models_are_built_without_random_init_and_loaded_exactly(tiny_dir):
     """Construction skips torch.nn.init's random fills (the checkpoint overwrites every
     parameter); the patch is undone, and the parameters are the checkpoint's."""
-    from separator.core import demucs_backend
+    from separator.core.demucs import loader
 
     before = torch.nn.init.uniform_
     m = load_demucs("tiny_htdemucs", "cpu", model_dir=tiny_dir)
-    assert torch.nn.init.uniform_ is before and torch.nn.init.kaiming_uniform_ is not demucs_backend._zero_fill
+    assert torch.nn.init.uniform_ is before and torch.nn.init.kaiming_uniform_ is not loader._zero_fill
     repo = Path(tiny_dir) / "demucs"
     sig = str(yaml.safe_load((repo / "tiny_htdemucs.yaml").read_text())["models"][0])
     path = next(repo.glob(f"{sig}-*.th"))
@@ -429,7 +430,7 @@ def test_precision_knob(tiny_dir):
     """fp32 is the default (and what auto means for Demucs); fp16 needs CUDA; bf16 runs the
     forward passes under autocast: float32 outputs within rounding of the fp32 ones, and a
     different computation (a knob that did nothing would give identical outputs)."""
-    from separator.core import demucs_backend
+    from separator.core import demucs
     audio = fx.noise(1.6, seed=11)
     fp32 = load_demucs("tiny_htdemucs", "cpu", model_dir=tiny_dir)
     assert fp32.precision == "fp32" and fp32.dtype is None
@@ -440,8 +441,8 @@ def test_precision_knob(tiny_dir):
         assert ei.value.code == "InvalidArgument" and bad in ei.value.message
     spec = next(s for s in demucs_specs(tiny_dir, include_local=True) if s.name == "tiny_htdemucs")
     with pytest.raises(CIError):
-        demucs_backend.load(spec, "cpu", model_dir=tiny_dir, wiener=True)
-    bf16 = demucs_backend.load(spec, "cpu", model_dir=tiny_dir, precision="bf16")
+        demucs.load(spec, "cpu", model_dir=tiny_dir, wiener=True)
+    bf16 = demucs.load(spec, "cpu", model_dir=tiny_dir, precision="bf16")
     assert bf16.precision == "bf16"
     a, b = fp32.separate(audio), bf16.separate(audio)
     assert all(b[s].dtype == np.float32 and b[s].shape == audio.shape for s in b)
@@ -452,11 +453,10 @@ def test_precision_knob(tiny_dir):
 def test_reduced_precision_fallback_copy_runs_fp32(tiny_dir):
     """Out of memory, the CPU copy of a bf16 model computes in float32 (the fall-back trades
     speed for fitting, never precision): its chunks equal the fp32 model's."""
-    from separator.core.demucs_backend import _OOM
     audio = fx.noise(1.2, seed=12)
     fp32 = load_demucs("tiny_htdemucs", "cpu", model_dir=tiny_dir).separate(audio)
     m = load_demucs("tiny_htdemucs", "cpu", model_dir=tiny_dir, precision="bf16")
-    fb = _OOM[m.models[0]]
+    fb = m.oom[0]
     fb.fallback_device = torch.device("cpu")
     fb.pinned = True                                   # every chunk goes to the fall-back copy
     out = m.separate(audio)

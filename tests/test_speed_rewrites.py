@@ -1,7 +1,7 @@
 """The inference-only rewrites that make the models faster compute the same function.
 
 * the bundled U-Net's up-sampling (:class:`CroppedConvTranspose2d`, polyphase form);
-* Demucs' decoder transposed convolutions and self-attention (:mod:`separator.core.demucs_speed`);
+* Demucs' decoder transposed convolutions and self-attention (:mod:`separator.core.demucs.speed`);
 * the malloc settings (:func:`separator.runtime.tune_malloc`), which must cut page faults.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demucs_fixtures as fx  # noqa: E402
 
-from separator.core import demucs_speed  # noqa: E402
-from separator.core.demucs_speed import PolyphaseConvTranspose, optimize  # noqa: E402
+from separator.core.demucs import speed as demucs_speed  # noqa: E402
+from separator.core.demucs.speed import PolyphaseConvTranspose, optimize  # noqa: E402
 from separator.core import packed_conv  # noqa: E402
 from separator.core.packed_conv import PackedConv2d  # noqa: E402
 from separator.core.spleeter import CroppedConvTranspose2d, SpleeterUNet, expected_shapes  # noqa: E402

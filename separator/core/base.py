@@ -6,7 +6,7 @@
 so a new family is added by subclassing :class:`LoadedModel` and registering it in
 :mod:`separator.core.registry` (the bundled model streams on its STFT frame grid,
 :mod:`separator.core.stft_stream`; Demucs with its own overlap-add,
-:mod:`separator.core.demucs_backend`).
+:mod:`separator.core.demucs`).
 """
 from __future__ import annotations
 

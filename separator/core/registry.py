@@ -40,8 +40,8 @@ def get_spec(name: str, model_dir: str | None = None) -> ModelSpec:
     if spec is not None:
         return spec
     try:
-        from .demucs_backend import demucs_specs
-        for local in demucs_specs(model_dir, include_local=True):
+        from . import demucs
+        for local in demucs.specs(model_dir, include_local=True):
             if local.name == name:
                 register(local, _demucs_factory)
                 return local
@@ -63,7 +63,7 @@ def installed_models(model_dir: str | None = None) -> set[str]:
     """Names of the models whose weights are on this machine (cheap: file names only)."""
     names = {DEFAULT_MODEL}
     try:
-        from .model_store import list_installed
+        from .demucs.repo import list_installed
         names |= {m.name for m in list_installed(model_dir) if m.installed}
     except Exception:  # noqa: BLE001 - an unreadable model dir means "nothing installed"
         pass
@@ -123,15 +123,15 @@ def _spleeter_factory(spec: ModelSpec, device: str, **options) -> LoadedModel:
 
 
 def _demucs_factory(spec: ModelSpec, device: str, **options) -> LoadedModel:
-    from . import demucs_backend
-    return demucs_backend.load(spec, device, **options)
+    from . import demucs
+    return demucs.load(spec, device, **options)
 
 
 def _register_builtin() -> None:
     from .spleeter import SPEC as SPLEETER_SPEC
     register(SPLEETER_SPEC, _spleeter_factory)
-    from .demucs_backend import demucs_specs  # the catalogue only: no weights, no network
-    for spec in demucs_specs():
+    from . import demucs  # the catalogue only: no weights, no network
+    for spec in demucs.specs():
         register(spec, _demucs_factory)
 
 

@@ -1,6 +1,6 @@
 """Inference-only rewrites of a loaded Demucs model: same function, less CPU time.
 
-Applied once at load time by :mod:`separator.core.demucs_backend`; the parameters (and
+Applied once at load time by :func:`separator.core.demucs.model.load_demucs`; the parameters (and
 ``state_dict``) stay those of the checkpoint.  Each rewrite computes the same sums in
 another order, so outputs match the unmodified model to float rounding (measured: SDR
 between the two > 120 dB on a full-size HTDemucs; the demucs-CLI parity tests run
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tensor_cache import Derived
+from ..tensor_cache import Derived
 
 
 def _phase_weight(w: torch.Tensor, stride: int) -> torch.Tensor:
