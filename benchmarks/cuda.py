@@ -219,7 +219,7 @@ def section_forward(args) -> None:
     rewrites, and with the CUDA ones too (what runs): median of 5 after a warm-up."""
     from demucs.pretrained import get_model
     from separator.core.demucs import speed as demucs_speed
-    from separator.core.demucs.stream import _autocast
+    from separator.core.precision import autocast as _autocast
     repo = _demucs_repo(args)
     dev = torch.device(DEVICE)
     x = torch.randn(8 if cuda() else 1, 2, int(7.8 * SR), device=dev) * 0.1     # (1: a CPU dry run)

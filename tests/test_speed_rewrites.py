@@ -25,7 +25,7 @@ from separator.core.demucs import speed as demucs_speed  # noqa: E402
 from separator.core.demucs.speed import PolyphaseConvTranspose, optimize  # noqa: E402
 from separator.core import packed_conv  # noqa: E402
 from separator.core.packed_conv import PackedConv2d  # noqa: E402
-from separator.core.spleeter import CroppedConvTranspose2d, SpleeterUNet, expected_shapes  # noqa: E402
+from separator.core.spleeter.unet import CroppedConvTranspose2d, SpleeterUNet, expected_shapes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

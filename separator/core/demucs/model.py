@@ -41,6 +41,7 @@ from separator.errors import ModelUnavailable, invalid_argument
 
 from ..base import LoadedModel, ModelSpec
 from ..oom import OomFallback, module_copy
+from ..precision import PRECISIONS, autocast_dtype
 from . import speed
 from .catalogue import CatalogueModel
 from .loader import load_bag, resolve_repo
@@ -49,10 +50,6 @@ from .stream import MixStats, Spool, Unit, mix_stats, to_model_channels
 #: chunks per forward pass on a GPU unless ``batch`` says otherwise (1 on a CPU): on an H200,
 #: 60 s of HTDemucs took 0.46 s one chunk at a time, 0.33 s eight at a time (2.8 GB peak)
 CUDA_BATCH = 8
-
-#: ``precision`` -> autocast dtype of the forward passes (None: plain float32)
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 def spec_for(entry: CatalogueModel) -> ModelSpec:
     """The :class:`ModelSpec` of a catalogue model (no weights needed)."""
@@ -90,7 +87,7 @@ class DemucsModel(LoadedModel):
       batching was slower from page faults) and adds ~400 MB of peak memory.  Results equal
       unbatched ones to float rounding.  Out of memory, a batch is split (see :mod:`..oom`).
     * ``precision`` (default fp32): ``fp16`` (CUDA only) or ``bf16`` run the forward passes
-      under autocast (see :func:`.stream._autocast`); inputs go to a GPU through pinned memory.
+      under autocast (see :func:`..precision.autocast`); inputs go to a GPU through pinned memory.
     """
 
     def __init__(self, spec: ModelSpec, device: str, bag, *, shifts: int = 0, overlap: float = 0.25,
@@ -101,7 +98,7 @@ class DemucsModel(LoadedModel):
             batch = CUDA_BATCH if torch.device(device).type == "cuda" else 1
         self.batch = max(1, int(batch))
         self.precision = precision
-        self.dtype = PRECISIONS[precision]
+        self.dtype = autocast_dtype(precision)     # of the forward passes (None: plain float32)
         from demucs.apply import BagOfModels
         self.bag = bag
         if isinstance(bag, BagOfModels):
@@ -339,4 +336,4 @@ def load_demucs(name: str, device: str | None = None, *, model_dir: str | os.Pat
     return model
 
 
-__all__ = ["CUDA_BATCH", "DemucsModel", "PRECISIONS", "load_demucs", "spec_for"]
+__all__ = ["CUDA_BATCH", "DemucsModel", "load_demucs", "spec_for"]

@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -26,6 +25,7 @@ import torch
 from separator.errors import invalid_argument
 
 from ..oom import OomFallback
+from ..precision import autocast
 from ..transfer import to_device, to_host
 
 SPOOL_BLOCK = 1 << 16     # frames per block read back from the spool file
@@ -117,17 +117,6 @@ class Spool:
 
     def close(self) -> None:
         self.fh.close()
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    """Mixed precision for one forward pass on ``device``: convolutions, linear layers and
-    attention in ``dtype``; autocast keeps the norms, softmax and the STFT / iSTFT in float32
-    (HTDemucs de-normalises in float32 before its masks, so the complex spectrograms stay
-    complex64).  A plain context for float32 (and for the float32 CPU copy of the
-    out-of-memory fall-back)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 class Unit:
@@ -242,7 +231,7 @@ class Unit:
         done: dict[int, torch.Tensor] = {}
 
         def step(model: torch.nn.Module, device: torch.device, lo: int, hi: int) -> None:
-            with torch.inference_mode(), _autocast(device, self.dtype if model is self.model else None):
+            with torch.inference_mode(), autocast(device, self.dtype if model is self.model else None):
                 out = model(to_device(x[lo:hi], device))
                 if len(set(ns[lo:hi])) == 1:            # trimmed on the device: less to copy
                     out = center_trim(out, ns[lo])

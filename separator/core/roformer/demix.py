@@ -27,16 +27,14 @@ input length or block sizes.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..precision import PRECISIONS, autocast, autocast_dtype
 from .config import RoformerConfig
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def msst_window(chunk_size: int, fade_size: int) -> np.ndarray:
@@ -101,7 +99,7 @@ class RoformerSeparator:
                  num_overlap: int | None = None, normalize: bool | None = None,
                  extract_instrumental: bool = False):
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         self.device = torch.device(device)
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
@@ -177,18 +175,12 @@ class RoformerSeparator:
             return np.repeat(block, 2, axis=1)
         raise ValueError(f"this model takes {self.audio_channels} channel(s); got a block with {ch}")
 
-    def _autocast(self):
-        if self.precision == "fp32":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
-
     def _run_model(self, chunks: list[np.ndarray]) -> np.ndarray:
         """``chunks``: (channels, chunk_size) float32 each -> (n, stems, channels, chunk_size)."""
         batch = torch.from_numpy(np.stack(chunks))
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device, autocast_dtype(self.precision)):
             out = self.model(batch)
         return out.float().cpu().numpy()
 
