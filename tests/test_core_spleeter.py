@@ -317,6 +317,58 @@ def test_registry():
             registry.load_model("spleeter-2stems", device="cuda")
 
 
+def test_loaded_models_are_a_bounded_lru_cache(monkeypatch, caplog):
+    """A long-running worker keeps the SEPARATOR_MODEL_CACHE (default 2) most recently used
+    models; one that falls out is built again when asked for, and freed once unused."""
+    import gc
+    import weakref
+    from collections import OrderedDict
+
+    from separator.core.base import LoadedModel, ModelSpec
+
+    class Fake(LoadedModel):
+        def separate_stream(self, blocks, *, progress=None):
+            return iter(())
+
+    built = []
+
+    def factory(spec, device, **options):
+        built.append(spec.name)
+        return Fake(spec, device)
+
+    for n in "abc":
+        spec = ModelSpec(f"fake-{n}", "fake", ("vocals",), 44100, 2, "a test model", "none")
+        monkeypatch.setitem(registry._SPECS, spec.name, spec)
+        monkeypatch.setitem(registry._FACTORIES, spec.name, factory)
+    monkeypatch.setattr(registry, "_LOADED", OrderedDict())
+    monkeypatch.delenv(registry.ENV_MODEL_CACHE, raising=False)
+    assert registry.cache_size() == registry.DEFAULT_CACHE_SIZE == 2
+
+    a = registry.load_model("fake-a", "cpu")
+    b = registry.load_model("fake-b", "cpu")
+    assert registry.load_model("fake-a", "cpu") is a            # cached; now the most recent
+    gone = weakref.ref(b)
+    del b
+    registry.load_model("fake-c", "cpu")                        # drops fake-b, the least recent
+    assert [k[0] for k in registry.loaded_models()] == ["fake-a", "fake-c"]
+    gc.collect()
+    assert gone() is None                                       # nothing else keeps it alive
+    registry.load_model("fake-b", "cpu")
+    assert built == ["fake-a", "fake-b", "fake-c", "fake-b"]
+    assert [k[0] for k in registry.loaded_models()] == ["fake-c", "fake-b"]
+
+    monkeypatch.setenv(registry.ENV_MODEL_CACHE, "1")
+    registry.load_model("fake-a", "cpu")
+    assert [k[0] for k in registry.loaded_models()] == ["fake-a"]
+    monkeypatch.setenv(registry.ENV_MODEL_CACHE, "0")           # keep none: every load builds
+    assert registry.load_model("fake-a", "cpu") is not registry.load_model("fake-a", "cpu")
+    assert registry.loaded_models() == []
+    monkeypatch.setenv(registry.ENV_MODEL_CACHE, "lots")
+    with caplog.at_level("WARNING", logger=registry.__name__):
+        assert registry.cache_size() == 2
+    assert registry.ENV_MODEL_CACHE in caplog.text
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @needs_data
