@@ -403,12 +403,13 @@ def test_local_models_are_listed_from_their_headers(tiny_dir, monkeypatch):
 
 def test_models_are_built_without_random_init_and_loaded_exactly(tiny_dir):
     """Construction skips torch.nn.init's random fills (the checkpoint overwrites every
-    parameter); the patch is undone, and the parameters are the checkpoint's."""
-    from separator.core.demucs import loader
-
-    before = torch.nn.init.uniform_
+    parameter): loading draws no random numbers and changes nothing process-wide (torch.nn.init
+    is not patched); the parameters are the checkpoint's."""
+    init = {n: getattr(torch.nn.init, n) for n in dir(torch.nn.init)}
+    rng = torch.get_rng_state()
     m = load_demucs("tiny_htdemucs", "cpu", model_dir=tiny_dir)
-    assert torch.nn.init.uniform_ is before and torch.nn.init.kaiming_uniform_ is not loader._zero_fill
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert {n: getattr(torch.nn.init, n) for n in dir(torch.nn.init)} == init
     repo = Path(tiny_dir) / "demucs"
     sig = str(yaml.safe_load((repo / "tiny_htdemucs.yaml").read_text())["models"][0])
     path = next(repo.glob(f"{sig}-*.th"))
@@ -417,6 +418,37 @@ def test_models_are_built_without_random_init_and_loaded_exactly(tiny_dir):
     for k, v in state.items():
         torch.testing.assert_close(own[k], v.to(own[k].dtype), rtol=0, atol=0)   # (stored as fp16)
     assert any(v.abs().sum() > 0 for v in own.values())
+
+
+def test_zero_init_is_local_to_the_building_thread():
+    """The zero fills apply only in the thread that builds: a random fill elsewhere at the same
+    time stays random."""
+    import threading
+
+    from separator.core.demucs.loader import _ZeroInit
+
+    inside, outside = threading.Event(), threading.Event()
+    got = {}
+
+    def elsewhere():
+        inside.wait()
+        t = torch.empty(1000)
+        torch.nn.init.kaiming_uniform_(t.view(10, 100))
+        got["other thread"] = float(t.abs().sum())
+        outside.set()
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    with _ZeroInit():
+        inside.set()
+        outside.wait(30)
+        t, u = torch.empty(10, 100), torch.empty(1000)
+        torch.nn.init.kaiming_uniform_(t)
+        u.normal_()
+        got["building thread"] = float(t.abs().sum() + u.abs().sum())
+        assert float(torch.ones(3).sum()) == 3.0                  # everything else unchanged
+    thread.join()
+    assert got["building thread"] == 0.0 and got["other thread"] > 0
 
 
 # ----------------------------------------------------------------------------- precision

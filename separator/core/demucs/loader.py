@@ -9,17 +9,16 @@ with safe unpickling.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import inspect
 import logging
 import os
-import threading
 import warnings
 from fractions import Fraction
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from separator.errors import ModelUnavailable
 
@@ -57,33 +56,35 @@ def read_package(path: Path, trusted: bool, *, mmap: bool = False) -> dict:
         raise
 
 
-_INIT_LOCK = threading.Lock()
 #: torch.nn.init's random fills: the constructors call them, then the checkpoint overwrites
 #: every parameter (demucs.states.load_model loads the state strictly).
 _RANDOM_INITS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
                  "xavier_uniform_", "xavier_normal_", "orthogonal_", "sparse_")
+#: the Tensor methods those fills (and code that fills by hand) end in
+_RANDOM_FILLS = ("uniform_", "normal_")
 
 
-def _zero_fill(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    with torch.no_grad():
-        return tensor.zero_()
+class _ZeroInit(TorchFunctionMode):
+    """While active, in the thread that entered it only, the random fills of
+    :data:`_RANDOM_INITS` and :data:`_RANDOM_FILLS` fill with zeros instead; every other
+    torch function runs unchanged.  Building a model does not need random parameters that
+    the checkpoint overwrites right after, and the random fills of a full-size HTDemucs are
+    most of its construction time.  A torch function mode is thread-local: nothing
+    process-wide changes, and a model built on another thread meanwhile is not affected."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        init = torch.nn.init
+        self._fills = frozenset([*(getattr(init, n) for n in _RANDOM_INITS if hasattr(init, n)),
+                                 *(getattr(torch.Tensor, n) for n in _RANDOM_FILLS)])
 
-@contextlib.contextmanager
-def _zero_init():
-    """Build modules with zero-filled instead of random parameters (the random fills of a
-    full-size HTDemucs take ~0.2 s and are overwritten by the checkpoint right after).  Patches
-    :mod:`torch.nn.init` for the duration, under a lock (model loads are serialised anyway)."""
-    init = torch.nn.init
-    with _INIT_LOCK:
-        saved = {n: getattr(init, n) for n in _RANDOM_INITS if hasattr(init, n)}
-        try:
-            for n in saved:
-                setattr(init, n, _zero_fill)
-            yield
-        finally:
-            for n, f in saved.items():
-                setattr(init, n, f)
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._fills:
+            tensor = args[0] if args else kwargs["tensor"]
+            with torch.no_grad():
+                return tensor.zero_()
+        return func(*args, **kwargs)
 
 
 def _load_single(sig: str, files: dict[str, Path], trusted_files: dict[str, str]) -> torch.nn.Module:
@@ -108,7 +109,7 @@ def _load_single(sig: str, files: dict[str, Path], trusted_files: dict[str, str]
     if not isinstance(pkg, dict) or not {"klass", "args", "kwargs", "state"} <= set(pkg):
         raise ModelUnavailable(f"{path} is not a demucs model package (klass/args/kwargs/state)")
     try:
-        with warnings.catch_warnings(), _zero_init():
+        with warnings.catch_warnings(), _ZeroInit():
             warnings.simplefilter("ignore")
             model = load_model(pkg)
     except SystemExit:  # demucs.states._check_diffq calls sys.exit when diffq is missing
