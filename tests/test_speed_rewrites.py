@@ -212,23 +212,96 @@ def test_optimized_htdemucs_computes_the_same_on_real_audio(tiny_pair):
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_attention_fast_path_flag_is_restored(tiny_pair):
-    _, fast, _ = tiny_pair
+@pytest.fixture(scope="module")
+def attention_pair():
+    """A small HTDemucs whose self-attention can take torch's fast path (an even number of
+    heads, which the tiny test models do not have), and its optimized copy."""
+    from demucs.htdemucs import HTDemucs
+    torch.manual_seed(8)
+    stock = HTDemucs(sources=["drums", "bass", "other", "vocals"], channels=8, depth=2, t_layers=2,
+                     t_heads=2, segment=1).eval()
+    fast = copy.deepcopy(stock)
+    optimize(fast)
+    return stock, fast
+
+
+def _native_attention_calls(monkeypatch) -> list:
+    calls: list = []
+    real = torch._native_multi_head_attention
+    monkeypatch.setattr(torch, "_native_multi_head_attention",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_attention_takes_the_regular_path_without_touching_the_global_switch(attention_pair, monkeypatch):
+    """The transformer's attention layers are switched to a class that always takes the
+    regular path (scaled_dot_product_attention): the process-wide fast-path switch is never
+    set, the native fast-path kernel is never called (the stock model calls it), and the
+    outputs equal the stock module run with the fast path off, exactly; the state_dict is
+    unchanged."""
+    from separator.core.demucs.speed import RegularPathAttention
+
+    stock, fast = attention_pair
     x = torch.randn(1, 2, 44100)
+    native = _native_attention_calls(monkeypatch)
+    with torch.inference_mode():
+        stock(x)
+    assert native, "the stock model should take the fast path here"
+    monkeypatch.undo()
+    attn = [m for m in fast.crosstransformer.modules() if isinstance(m, nn.MultiheadAttention)]
+    assert attn and all(type(m) is RegularPathAttention for m in attn)
+    assert not any(type(m) is RegularPathAttention for m in stock.modules())
     before = torch.backends.mha.get_fastpath_enabled()
-    seen = []
-    hook = fast.crosstransformer.register_forward_pre_hook(
-        lambda m, a: seen.append(torch.backends.mha.get_fastpath_enabled()))
+    toggled: list = []
+    monkeypatch.setattr(torch.backends.mha, "set_fastpath_enabled", toggled.append)
+    native = _native_attention_calls(monkeypatch)
+    with torch.inference_mode():
+        got = fast.crosstransformer(*_crosstransformer_inputs(fast, x))
+    assert toggled == [] and native == [] and torch.backends.mha.get_fastpath_enabled() == before
+    monkeypatch.undo()
+    # the stock layers (same weights), with the fast path off for the comparison only
+    regular = copy.deepcopy(fast.crosstransformer)
+    for m in regular.modules():
+        if type(m) is RegularPathAttention:
+            m.__class__ = nn.MultiheadAttention
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.inference_mode():
-            fast(x)
+            want = regular(*_crosstransformer_inputs(fast, x))
     finally:
-        hook.remove()
-    assert seen == [False] and torch.backends.mha.get_fastpath_enabled() == before
-    # even when the forward fails
-    with pytest.raises(ValueError), torch.inference_mode():
+        torch.backends.mha.set_fastpath_enabled(before)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    assert list(regular.state_dict()) == list(fast.crosstransformer.state_dict())
+    # the switch stays what it was even when a forward fails
+    with pytest.raises((ValueError, RuntimeError, AssertionError)), torch.inference_mode():
         fast.crosstransformer(torch.randn(1, 3, 3, 3), torch.randn(1, 3, 3))
     assert torch.backends.mha.get_fastpath_enabled() == before
+
+
+def _crosstransformer_inputs(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (frequency, time) branch inputs the cross-transformer of ``model`` gets for ``x``."""
+    seen = []
+    hook = model.crosstransformer.register_forward_pre_hook(lambda m, args: seen.append(args))
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        hook.remove()
+    return tuple(a.clone() for a in seen[0])
+
+
+def test_attention_rewrite_copies_and_pickles(tiny_pair):
+    import pickle
+
+    from separator.core.demucs.speed import RegularPathAttention
+
+    _, fast, _ = tiny_pair
+    for twin in (copy.deepcopy(fast), pickle.loads(pickle.dumps(fast))):
+        assert sum(type(m) is RegularPathAttention for m in twin.modules()) == \
+            sum(type(m) is RegularPathAttention for m in fast.modules()) > 0
+        x = torch.randn(1, 2, 22050)
+        with torch.inference_mode():
+            assert torch.equal(twin(x), fast(x))
 
 
 def test_a_copy_of_an_optimized_model_is_independent(tiny_pair):

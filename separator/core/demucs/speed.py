@@ -18,7 +18,8 @@ through it).
 * **Fused attention in the self-attention layers.**  ``nn.MultiheadAttention``'s inference
   "fast path" computes self-attention on CPU as explicit ``bmm`` + ``softmax`` over the
   whole ``T x T`` matrix; the regular path calls ``scaled_dot_product_attention`` (a flash
-  kernel on CPU).  The transformer runs with the fast path off.
+  kernel on CPU).  The transformer's attention layers always take the regular path
+  (:class:`RegularPathAttention`).
 """
 from __future__ import annotations
 
@@ -125,22 +126,48 @@ def _fast_group_norms(model: nn.Module) -> int:
     return n
 
 
-def _fast_path_off(module: nn.Module, args) -> None:
-    module._mha_fast_path_saved.append(torch.backends.mha.get_fastpath_enabled())
-    torch.backends.mha.set_fastpath_enabled(False)
+class RegularPathAttention(nn.MultiheadAttention):
+    """An ``nn.MultiheadAttention`` that always takes the regular path,
+    ``F.multi_head_attention_forward`` (which calls ``scaled_dot_product_attention`` when no
+    weights are asked for), never the inference fast path.  Instances are switched to this
+    class in place (:func:`_regular_path_attention`): same parameters and ``state_dict``,
+    copied and pickled like any module, and nothing process-wide is toggled (the fast path's
+    switch, ``torch.backends.mha``, is global and would race between threads)."""
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        batched = self.batch_first and query.dim() == 3
+        if batched:   # transposed keeping the "is" relations, which select the packed projection
+            if key is value:
+                if query is key:
+                    query = key = value = query.transpose(1, 0)
+                else:
+                    query, key = (x.transpose(1, 0) for x in (query, key))
+                    value = key
+            else:
+                query, key, value = (x.transpose(1, 0) for x in (query, key, value))
+        separate = not self._qkv_same_embed_dim
+        out, weights = F.multi_head_attention_forward(
+            query, key, value, self.embed_dim, self.num_heads, self.in_proj_weight, self.in_proj_bias,
+            self.bias_k, self.bias_v, self.add_zero_attn, self.dropout, self.out_proj.weight,
+            self.out_proj.bias, training=self.training, key_padding_mask=key_padding_mask,
+            need_weights=need_weights, attn_mask=attn_mask, use_separate_proj_weight=separate,
+            q_proj_weight=self.q_proj_weight if separate else None,
+            k_proj_weight=self.k_proj_weight if separate else None,
+            v_proj_weight=self.v_proj_weight if separate else None,
+            average_attn_weights=average_attn_weights, is_causal=is_causal)
+        return (out.transpose(1, 0) if batched else out), weights
 
 
-def _fast_path_restore(module: nn.Module, args, output) -> None:
-    if module._mha_fast_path_saved:
-        torch.backends.mha.set_fastpath_enabled(module._mha_fast_path_saved.pop())
-
-
-def _without_mha_fast_path(module: nn.Module) -> None:
-    """Run ``module`` with the MHA fast path off (hooks, not a wrapped ``forward``: they are
-    copied with the module by ``copy.deepcopy``, e.g. for the out-of-memory CPU copy)."""
-    module._mha_fast_path_saved = []
-    module.register_forward_pre_hook(_fast_path_off)
-    module.register_forward_hook(_fast_path_restore, always_call=True)
+def _regular_path_attention(module: nn.Module) -> int:
+    """Switch every ``nn.MultiheadAttention`` (exactly that class) in ``module`` to
+    :class:`RegularPathAttention`; returns how many."""
+    n = 0
+    for m in module.modules():
+        if type(m) is nn.MultiheadAttention:
+            m.__class__ = RegularPathAttention
+            n += 1
+    return n
 
 
 def optimize(model: nn.Module, device: str | torch.device = "cpu") -> dict[str, int]:
@@ -150,10 +177,9 @@ def optimize(model: nn.Module, device: str | torch.device = "cpu") -> dict[str, 
               "group_norm": _fast_group_norms(model) if torch.device(device).type == "cuda" else 0}
     for name in ("crosstransformer",):
         sub = getattr(model, name, None)
-        if isinstance(sub, nn.Module):
-            _without_mha_fast_path(sub)
+        if isinstance(sub, nn.Module) and _regular_path_attention(sub):
             counts["attention"] += 1
     return counts
 
 
-__all__ = ["optimize", "PolyphaseConvTranspose", "FastGroupNorm"]
+__all__ = ["optimize", "FastGroupNorm", "PolyphaseConvTranspose", "RegularPathAttention"]
