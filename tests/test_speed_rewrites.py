@@ -158,6 +158,63 @@ def test_packed_conv_is_a_plain_conv_where_it_cannot_pack(monkeypatch):
         PackedConv2d(4, 4, kernel_size=3, groups=2)
 
 
+# --------------------------------------------------------------------------- private torch calls
+# torch is a version range (pyproject.toml): where a private function the fast paths use is
+# missing, the public way gives the same numbers.
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_unet_without_private_leaky_relu_out_gives_the_same_numbers(channels_last, monkeypatch):
+    net = _random_unet(2)
+    x = torch.rand(1, 2, 64, 128)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want = net(x)
+    # F.leaky_relu itself calls torch._C._nn.leaky_relu in this torch, so the private function
+    # cannot simply be deleted: it is replaced by one without the out= variant
+    real, refused = torch._C._nn.leaky_relu, []
+
+    def without_out(*args, **kwargs):
+        if "out" in kwargs:
+            refused.append(1)
+            raise TypeError("leaky_relu() got an unexpected keyword argument 'out'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch._C._nn, "leaky_relu", without_out)
+    with torch.inference_mode():
+        got = net(x)
+    assert refused and torch.equal(got, want)
+
+
+def test_packed_conv_without_private_ops_is_conv2d(monkeypatch):
+    torch.manual_seed(4)
+    conv = PackedConv2d(8, 12, kernel_size=5, stride=2).requires_grad_(False)
+    x = torch.randn(2, 8, 33, 47).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        packed = conv(x)
+    monkeypatch.delattr(torch._C._nn, "mkldnn_reorder_conv2d_weight")
+    assert not packed_conv.available()
+    with torch.inference_mode():
+        plain = conv(x)
+        want = torch.nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+    assert torch.equal(plain, want)
+    assert rel_err(plain, packed) < 1e-6
+    monkeypatch.undo()
+    assert packed_conv.available() or not torch.backends.mkldnn.is_available()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fall-back reads /proc/cpuinfo")
+def test_native_bf16_check_without_private_cpu_probes(monkeypatch):
+    from separator.core import precision
+    from separator.core.spleeter.model import auto_precision
+
+    want, auto = precision.native_bf16_cpu(), auto_precision("cpu")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert precision.native_bf16_cpu() == want
+    assert auto_precision("cpu") == auto
+
+
 # --------------------------------------------------------------------------- Demucs
 @pytest.mark.parametrize("make,shape", [
     (lambda: nn.ConvTranspose1d(12, 6, 8, 4), (2, 12, 37)),

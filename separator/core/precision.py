@@ -33,13 +33,37 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def native_bf16_cpu() -> bool:
-    """True when this CPU computes bf16 natively (AMX or AVX512-BF16, with AVX512 kernels)."""
+    """True when this CPU computes bf16 natively (AMX or AVX512-BF16, with AVX512 kernels).
+
+    Asks torch (``torch.cpu._is_amx_tile_supported`` / ``_is_avx512_bf16_supported``, private)
+    where this torch has both, else the CPU flags the kernel reports (Linux ``/proc/cpuinfo``;
+    elsewhere: False, i.e. fp32)."""
     try:
         cpu = torch.backends.cpu.get_cpu_capability()          # e.g. "AVX512"
-        native = bool(torch.cpu._is_amx_tile_supported()) or bool(torch.cpu._is_avx512_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-    return native and cpu.startswith("AVX512")
+    if not cpu.startswith("AVX512"):
+        return False
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    if amx is not None and avx512_bf16 is not None:
+        try:
+            return bool(amx()) or bool(avx512_bf16())
+        except RuntimeError:
+            pass
+    return bool(cpu_flags() & {"amx_tile", "avx512_bf16"})
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU feature flags the (Linux) kernel reports; empty where it reports none."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
 
 
 def fastest(device: str | torch.device) -> str:
@@ -53,4 +77,4 @@ def fastest(device: str | torch.device) -> str:
     return "bf16" if native_bf16_cpu() else "fp32"
 
 
-__all__ = ["PRECISIONS", "autocast", "autocast_dtype", "fastest", "native_bf16_cpu"]
+__all__ = ["PRECISIONS", "autocast", "autocast_dtype", "cpu_flags", "fastest", "native_bf16_cpu"]

@@ -84,8 +84,22 @@ def _bn_leaky_padded(act: nn.Sequential, c: torch.Tensor) -> torch.Tensor:
     out[:, :, hh + 1:].zero_()
     out[:, :, 1:hh + 1, :1].zero_()
     out[:, :, 1:hh + 1, ww + 1:].zero_()
-    torch._C._nn.leaky_relu(act[0](c), act[1].negative_slope, out=out[:, :, 1:hh + 1, 1:ww + 1])
+    _leaky_relu_into(act[0](c), act[1].negative_slope, out[:, :, 1:hh + 1, 1:ww + 1])
     return out
+
+
+def _leaky_relu_into(x: torch.Tensor, slope: float, out: torch.Tensor) -> None:
+    """``out[...] = leaky_relu(x, slope)``: written in place by torch's ``out=`` variant where
+    this torch has it (private, ``torch._C._nn.leaky_relu``), else computed and copied (the
+    same numbers, one temporary more)."""
+    fn = getattr(torch._C._nn, "leaky_relu", None)
+    if fn is not None:
+        try:
+            fn(x, slope, out=out)
+            return
+        except TypeError:            # another signature in this torch: the public way
+            pass
+    out.copy_(F.leaky_relu(x, slope))
 
 
 class SpleeterUNet(nn.Module):
