@@ -248,11 +248,14 @@ def test_stream_blocks_equal_whole_with_chunk_boundaries(bearlin):
     m = Spleeter2Stems("cpu", segments_per_chunk=1, precision="fp32")
     whole = m.separate(bearlin)
     parts: dict[str, list] = {"vocals": [], "accompaniment": []}
-    consumed = []
+    consumed, mixture = [], []
     for block in m.separate_stream(_split(bearlin, [4096, 100_003, 17]), progress=consumed.append):
-        for k, v in block.items():
+        for k, v in block.stems.items():
             parts[k].append(v)
+        assert block.frames == len(block.stems["vocals"])
+        mixture.append(block.mixture)
     assert sum(consumed) == len(bearlin)
+    np.testing.assert_array_equal(np.concatenate(mixture), bearlin)    # the input, block for block
     for k in parts:
         np.testing.assert_array_equal(np.concatenate(parts[k]), whole[k])
     # chunks on the frame grid: the same result as the song in one piece (one 3-segment chunk)
@@ -296,6 +299,30 @@ def test_short_input(model, bearlin):
         out = model.separate(bearlin[:n])
         assert out["vocals"].shape == (n, 2)
         assert snr(bearlin[:n], out["vocals"] + out["accompaniment"]) >= 30.0 or not bearlin[:n].any()
+
+
+@needs_data
+@pytest.mark.parametrize("full_band", [True, False])
+def test_a_job_decodes_its_input_once(full_band, bearlin, tmp_path, monkeypatch):
+    """The bundled model needs no statistics pass and hands back the mixture with its stems, so
+    a job decodes its input once, stock Spleeter (full_band=False, whose stems do not sum to the
+    input) included; the background is the residual, so the roles sum back to the input."""
+    import demucs_fixtures as fx     # tests/ is on the path (conftest)
+    from separator.jobs.engine import separate_file
+    from separator.media import load_audio
+    from separator.request import AudioConfig
+
+    song = tmp_path / "song.wav"
+    clip = bearlin[: 6 * 44100]
+    fx.write_f32_wav(song, clip)
+    launches = fx.count_decoders(monkeypatch, song)
+    targets = {r: tmp_path / f"{r}.wav" for r in ("vocals", "background")}
+    separate_file(song, targets, mode="AudioAndBackground", model="spleeter-2stems", device="cpu",
+                  audio_config=AudioConfig(codec="wav", samplerate=44100, channels=2),
+                  model_options={"full_band": full_band, "precision": "fp32"})
+    assert len(launches) == 1
+    v, b = (load_audio(targets[r], 44100, 2) for r in ("vocals", "background"))
+    assert np.abs(v + b - clip).max() < 1e-4                  # 16-bit wav rounding of each role
 
 
 # --------------------------------------------------------------------------- registry

@@ -324,6 +324,48 @@ def test_streaming_blocks_equal_one_block_and_stats_modes(tiny_dir):
     assert max_diff(whole, given) == 0.0
 
 
+def test_each_block_carries_the_input_it_came_from(tiny_dir):
+    """Every yielded block's mixture is exactly the (un-normalised) input frames its stems came
+    from, in the model's channels, whichever way the statistics are obtained, with shifts and
+    bags."""
+    audio = fx.noise(2.6, seed=20) + 0.3                       # a DC offset: normalisation shows
+    for name, kw in [("tiny_bag", {}), ("tiny_htdemucs", {"shifts": 2, "seed": 3}), ("tiny_mix", {})]:
+        m = load_demucs(name, "cpu", model_dir=tiny_dir, **kw)
+        for blocks, extra in [([audio], {}),                                  # re-iterable: two passes
+                              (fx.blocks(audio), {}),                          # one-shot: spooled
+                              (fx.blocks(audio, (17, 30000, 1)), {"stats": mix_stats([audio])})]:
+            mixture: list = []
+            stems = fx.collect(m.separate_stream(blocks, **extra), m.sources, mixture)
+            assert all(b.dtype == np.float32 and b.flags.c_contiguous for b in mixture)
+            np.testing.assert_array_equal(np.concatenate(mixture), audio)
+            assert all(len(v) == len(audio) for v in stems.values())
+    mono = audio[:, :1]
+    mixture = []
+    fx.collect(load_demucs("tiny_mix", "cpu", model_dir=tiny_dir).separate_stream([mono]), ("vocals",), mixture)
+    np.testing.assert_array_equal(np.concatenate(mixture), np.repeat(mono, 2, axis=1))
+
+
+def test_a_demucs_job_decodes_its_input_twice(tiny_dir, tmp_path, monkeypatch):
+    """A Demucs job reads its input twice: once for the normalisation statistics, once to
+    separate; the residual background comes from the mixture the model hands back (no third
+    decode), so the written roles sum back to the input."""
+    from separator.jobs.engine import separate_file
+    from separator.media import load_audio
+    from separator.request import AudioConfig
+
+    song = tmp_path / "song.wav"
+    audio = fx.noise(2.2, seed=21)
+    fx.write_f32_wav(song, audio)
+    launches = fx.count_decoders(monkeypatch, song)
+    targets = {r: tmp_path / f"{r}.wav" for r in ("vocals", "background")}
+    separate_file(song, targets, mode="AudioAndBackground", model="tiny_htdemucs", device="cpu",
+                  audio_config=AudioConfig(codec="wav", samplerate=44100, channels=2),
+                  model_options={"model_dir": str(tiny_dir)})
+    assert len(launches) == 2
+    v, b = (load_audio(targets[r], 44100, 2) for r in ("vocals", "background"))
+    assert np.abs(v + b - audio).max() < 1e-4                 # 16-bit wav rounding of each role
+
+
 def test_output_streams_before_input_ends(tiny_dir):
     """With stats given, output is produced after about one segment of input: memory is
     bounded by the chunk, not the file."""
@@ -341,8 +383,8 @@ def test_output_streams_before_input_ends(tiny_dir):
     progress = []
     stream = m.separate_stream(src(), stats=mix_stats([audio]), progress=progress.append)
     first = next(stream)
-    assert consumed <= 3 * 44100 and len(first["vocals"]) > 0
-    total = len(first["vocals"]) + sum(len(b["vocals"]) for b in stream)
+    assert consumed <= 3 * 44100 and len(first.stems["vocals"]) > 0
+    total = len(first.stems["vocals"]) + sum(len(b.stems["vocals"]) for b in stream)
     assert total == len(audio) and sum(progress) == len(audio)
 
 

@@ -39,7 +39,8 @@ import torch
 
 from separator.errors import ModelUnavailable, invalid_argument
 
-from ..base import LoadedModel, ModelSpec
+from ..base import LoadedModel, ModelSpec, Separated
+from ..blocks import BlockQueue
 from ..oom import OomFallback, module_copy
 from ..precision import PRECISIONS, autocast_dtype
 from . import speed
@@ -137,7 +138,9 @@ class DemucsModel(LoadedModel):
     # ------------------------------------------------------------------ streaming
     def separate_stream(self, blocks: Iterable[np.ndarray], *,
                         progress: Callable[[int], None] | None = None,
-                        stats: MixStats | None = None) -> Iterator[dict[str, np.ndarray]]:
+                        stats: MixStats | None = None) -> Iterator[Separated]:
+        """Separate ``blocks`` (see :meth:`LoadedModel.separate_stream`); ``stats``: the
+        input's normalisation statistics when known (see the module doc)."""
         spool = None
         try:
             if stats is None:
@@ -160,7 +163,8 @@ class DemucsModel(LoadedModel):
 
 class _Pass:
     """One stream through a :class:`DemucsModel`: its (sub-model, shift) units, the chunks
-    waiting to be batched, the thread pool, and the normalisation of this input.
+    waiting to be batched, the thread pool, the normalisation of this input, and the input
+    (un-normalised) whose output is not out yet: the mixture each yielded block carries.
 
     Chunks wait per unit until ``batch`` of them can go through the model together.  Grouping
     depends only on each unit's own chunk sequence, never on how the input arrived, so the
@@ -193,12 +197,14 @@ class _Pass:
         self.pool = ThreadPoolExecutor(model.jobs) if model.jobs > 1 else None
         self.queued: list[list] = []
         self.waiting: dict[int, list] = {id(u): [] for u in self.units}
+        self.mixture = BlockQueue(self.channels)
 
-    def feed(self, block: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+    def feed(self, block: np.ndarray) -> Iterator[Separated]:
         """Take one input block; run the chunks it completes once ``jobs`` groups are queued."""
         x = to_model_channels(block, self.channels)
         if not x.shape[-1]:
             return
+        self.mixture.push(x.numpy().T)
         x = (x - self.mean) / self.std
         for u in self.units:
             u.feed(x)
@@ -210,7 +216,7 @@ class _Pass:
             self.queued = []
             yield from self._emit()
 
-    def finish(self) -> Iterator[dict[str, np.ndarray]]:
+    def finish(self) -> Iterator[Separated]:
         """The end of the input: run every chunk left."""
         for u in self.units:
             u.finish()
@@ -245,7 +251,7 @@ class _Pass:
             for (u, o, n, _), y in zip(group, ys):
                 u.consume(o, n, y)
 
-    def _emit(self) -> Iterator[dict[str, np.ndarray]]:
+    def _emit(self) -> Iterator[Separated]:
         n = min(u.out_n for u in self.units)
         if n <= 0:
             return
@@ -265,7 +271,9 @@ class _Pass:
         for k in range(est.shape[0]):
             est[k] /= self.totals[k]
         est = est * self.std + self.mean
-        yield {s: est[k].T.contiguous().numpy() for k, s in enumerate(model.sources)}
+        mixture = np.ascontiguousarray(self.mixture.peek(n))
+        self.mixture.drop(n)
+        yield Separated({s: est[k].T.contiguous().numpy() for k, s in enumerate(model.sources)}, mixture)
         if self.progress is not None:
             self.progress(n)
 

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import LoadedModel, ModelSpec
+from ..base import LoadedModel, ModelSpec, Separated
 from ..oom import OomFallback, module_copy
 from ..precision import PRECISIONS, fastest
 from ..stft_stream import stft_frame_stream
@@ -159,7 +159,6 @@ class Spleeter2Stems(LoadedModel):
         self.mask_extension = mask_extension
         self.full_band = full_band
         self.spleeter_padding = bool(spleeter_padding)   # pad the last segment to 512 frames
-        self.sources_sum_to_input = full_band   # accompaniment = mixture - vocals
         self.batch_segments = max(1, int(batch_segments))
         # Arithmetic of the U-Nets (the STFT, masks and iSTFT stay float32).  bf16 is ~3x faster
         # on CPUs with AMX / AVX512-BF16 and changes the dev-song SDR medians by < 0.05 dB.
@@ -308,7 +307,7 @@ class Spleeter2Stems(LoadedModel):
                                           first_chunk_frames=self.first_chunk_frames,
                                           device=self.device, progress=progress):
             vocals = out[0]
-            yield {"vocals": vocals, "accompaniment": mix - vocals if self.full_band else out[1]}
+            yield Separated({"vocals": vocals, "accompaniment": mix - vocals if self.full_band else out[1]}, mix)
 
     # -- out-of-memory fall-back -------------------------------------------------------
     @staticmethod
