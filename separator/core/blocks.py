@@ -1,7 +1,8 @@
 """Blocks of audio as the streaming code passes them: ``(frames, channels)`` float32 numpy arrays.
 
-:class:`BlockQueue` is the FIFO streaming code keeps of its input (the frame-grid chunker's
-pending samples, :mod:`.stft_stream`).
+:class:`BlockQueue` is the FIFO streaming code keeps of its input: the frame-grid chunker's
+pending samples (:mod:`.stft_stream`), and the input a model has not yet handed back as the
+mixture of a :class:`~separator.core.base.Separated` block (Demucs, RoFormer).
 """
 from __future__ import annotations
 

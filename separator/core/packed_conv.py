@@ -1,8 +1,8 @@
 """2-D convolutions on CPU with the kernel reordered for oneDNN once, not on every call.
 
 ``F.conv2d`` on CPU hands oneDNN a plain ``(O, I, kh, kw)`` kernel, which oneDNN reorders
-into its blocked layout on every call.  For the bundled U-Net in bf16 (AMX) that reorder
-is a fifth of the convolution time; the small, deep layers are dominated by it.
+into its blocked layout on every call.  The bundled U-Net's small, deep layers do little work
+per call, so for them the reorder is a large part of the convolution time.
 :class:`PackedConv2d` keeps the reordered ("pre-packed") kernel, derived from the module's
 own ``weight`` (the ``state_dict`` is unchanged; a changed weight is re-packed), and calls
 oneDNN's convolution directly -- the same primitive and the same numbers as ``F.conv2d``

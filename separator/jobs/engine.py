@@ -323,7 +323,7 @@ def separate_file(
     final = {r: Path(targets[r]) for r in roles}
     check_outputs(input_path, final)
     cfg = audio_config or AudioConfig()
-    # ffprobe (~0.06 s, mostly loading its libraries) runs beside the model load, the first
+    # ffprobe (mostly loading its libraries) runs beside the model load, the first
     # decode and the model's first chunk: the probe is needed only by the encoders (and by an
     # input that is not stereo, whose streams are then started again).  The input's own
     # errors still come first, as if it had been probed first.

@@ -48,8 +48,8 @@ from .catalogue import CatalogueModel
 from .loader import load_bag, resolve_repo
 from .stream import MixStats, Spool, Unit, mix_stats, to_model_channels
 
-#: chunks per forward pass on a GPU unless ``batch`` says otherwise (1 on a CPU): on an H200,
-#: 60 s of HTDemucs took 0.46 s one chunk at a time, 0.33 s eight at a time (2.8 GB peak)
+#: chunks per forward pass on a GPU unless ``batch`` says otherwise (1 on a CPU): one chunk
+#: at a time leaves a large GPU idle between the host's steps (benchmarks/RESULTS.md, section 5)
 CUDA_BATCH = 8
 
 def spec_for(entry: CatalogueModel) -> ModelSpec:
@@ -73,20 +73,19 @@ class DemucsModel(LoadedModel):
     Knobs (fixed at load time, part of the registry's cache key):
 
     * ``shifts`` (default 0): runs the whole separation ``shifts`` times on randomly
-      shifted input (0..0.5 s) and averages: ``shifts`` x the compute, + ~0.2 dB SDR.
+      shifted input (0..0.5 s) and averages: ``shifts`` x the compute, for a little SDR.
     * ``overlap`` (default 0.25): fraction of each segment shared with the next;
       compute grows as ``1 / (1 - overlap)`` (0.25 -> 1.33x, 0.5 -> 2x).
     * ``segment`` (seconds, default: the model's / bag's own): shorter lowers peak
       memory, costs more chunks (more overlap overhead) and context; HTDemucs models
       cannot go above their training segment (7.8 s): InvalidArgument.
     * ``jobs`` (default 1): chunks computed concurrently in a thread pool (demucs'
-      ``-j``); each in-flight chunk adds its activations (~0.3-1 GB for htdemucs) to peak
-      memory.  Intra-op threads are torch's process-wide setting (``torch.set_num_threads``).
+      ``-j``); each in-flight chunk adds its activations to peak memory.  Intra-op threads are torch's process-wide setting (``torch.set_num_threads``).
     * ``batch`` (default 1 on a CPU, :data:`CUDA_BATCH` on a GPU): chunks stacked into one
-      forward pass.  On a GPU this keeps the device busy; on a 2-core CPU it buys nothing for HTDemucs (two windows: 2.76 s batched
-      vs 2.73 s one by one, with the malloc settings of :mod:`separator.runtime`; without them
-      batching was slower from page faults) and adds ~400 MB of peak memory.  Results equal
-      unbatched ones to float rounding.  Out of memory, a batch is split (see :mod:`..oom`).
+      forward pass.  On a GPU this keeps the device busy; on a CPU one chunk already keeps
+      every core busy, so batching buys nothing and adds the batch's activations to peak
+      memory.  Results equal unbatched ones to float rounding.  Out of memory, a batch is
+      split (see :mod:`..oom`).
     * ``precision`` (default fp32): ``fp16`` (CUDA only) or ``bf16`` run the forward passes
       under autocast (see :func:`..precision.autocast`); inputs go to a GPU through pinned memory.
     """

@@ -2,18 +2,18 @@
 
 Applied once at load time by :func:`separator.core.demucs.model.load_demucs`; the parameters (and
 ``state_dict``) stay those of the checkpoint.  Each rewrite computes the same sums in
-another order, so outputs match the unmodified model to float rounding (measured: SDR
-between the two > 120 dB on a full-size HTDemucs; the demucs-CLI parity tests run
-through it).
+another order, so outputs match the unmodified model to float rounding
+(tests/test_speed_rewrites.py compares each with the original; the demucs-CLI parity tests
+run through them).
 
 * **Polyphase transposed convolutions.**  The decoders' ``ConvTranspose{1,2}d`` (kernel 8,
   stride 4) become one stride-1 convolution with ``stride`` x the output channels (kernel
   ``8 / 4 = 2``) and an interleave of the phases.  oneDNN's transposed convolutions are
-  several times slower than its direct ones of the same size on CPU.
+  much slower than its direct ones of the same size on CPU.
 * **Group norms as two reductions (CUDA only).**  torch's CUDA ``group_norm`` gives each
   (sample, group) row to one thread block: with Demucs's ``GroupNorm(1, C)`` over whole
-  chunks that is a handful of blocks on a GPU of 132 multiprocessors, 28 % of an HTDemucs
-  forward pass on an H200.  :class:`FastGroupNorm` computes the same statistics with
+  chunks that is a handful of blocks for a GPU with a hundred multiprocessors or more, most
+  of which wait (benchmarks/RESULTS.md, section 5).  :class:`FastGroupNorm` computes the same statistics with
   ``torch.var_mean`` (a reduction split across the whole GPU), in float32 as autocast does.
 * **Fused attention in the self-attention layers.**  ``nn.MultiheadAttention``'s inference
   "fast path" computes self-attention on CPU as explicit ``bmm`` + ``softmax`` over the

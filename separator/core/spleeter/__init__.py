@@ -40,8 +40,8 @@ def load(spec: ModelSpec, device: str, *, model_dir: str | None = None, jobs: in
     ignored.  Model options pass
     through, e.g. ``wiener=True`` (multichannel Wiener filter, as Spleeter's ``MWF=True``)
     and ``wiener_iterations`` (EM steps, default 1).  ``precision`` defaults to ``auto``
-    (bf16 on CPUs with native bf16, measured to move the dev-song SDR medians by < 0.02 dB
-    and no song by more than 0.03 dB, at ~1.7x the speed; fp16 on CUDA; fp32 elsewhere)."""
+    (:func:`.model.auto_precision`: bf16 on CPUs with native bf16, faster at the same quality,
+    benchmarks/RESULTS.md section 3; fp16 on CUDA; fp32 elsewhere)."""
     precision = precision or "auto"
     if precision not in (*PRECISIONS, "auto"):
         raise CIError("InvalidArgument", f"precision must be fp32, bf16, fp16 or auto, got {precision!r}",

@@ -11,8 +11,8 @@ a whole item agrees with it to float rounding:
   U-Net sees the first 1024 bins of the magnitude in 512-frame segments.  The last, partial
   segment is zero-padded to a multiple of 64 frames (the U-Net halves time 6 times), where TF
   Spleeter pads it to 512 (``spleeter_padding=True``): up to one segment less work per file
-  (-14 % model time on the dev songs), the same SDR medians (9.02 / 12.83 dB); only the
-  last segment's output changes (per song global SDR -0.13 .. +0.49 dB, mean +0.05).
+  at the same quality (tests/test_core_spleeter.py checks it on real mixtures); only the
+  last segment's output changes.
   (``torch.stft(center=True)`` would shift every segment by 2 frames, which changes the
   masks everywhere: the net is only shift-equivariant by 64 frames.)
 * **Ratio masks** ``(m_i^2 + eps/2) / (sum_j m_j^2 + eps)``, eps = 1e-10.
@@ -121,8 +121,9 @@ SPEC = ModelSpec(
 #: Default chunk: 2 whole U-Net segments (1024 STFT frames, 23.8 s).  Chunks are cut on the
 #: whole signal's frame grid (:mod:`separator.core.stft_stream`), so the output equals
 #: separating the file in one piece whatever the chunk size, and no chunk overlap is needed;
-#: the size only sets memory (4 segments: ~220 MiB more peak RSS, and it grew with the
-#: input's length through heap fragmentation; 2 stays flat).
+#: the size only sets memory (a larger chunk costs more peak memory, and with 4 segments it
+#: grew with the input's length through heap fragmentation; 2 stays flat: benchmarks/RESULTS.md,
+#: section 1).
 DEFAULT_SEGMENTS_PER_CHUNK = 2
 
 #: The last, partial U-Net segment of a file is zero-padded to a multiple of this many frames
@@ -134,9 +135,8 @@ TAIL_MULTIPLE = 64
 def auto_precision(device: str) -> str:
     """What ``precision="auto"`` means for this model: the fastest precision ``device``
     computes natively (:func:`separator.core.precision.fastest`: bf16 on CPUs with AMX or
-    AVX512-BF16, fp16 on CUDA, else fp32).  On CUDA fp16: global SDR change against the ground
-    truth 0.0005 dB median, 0.0016 dB at most on the dev songs; ~1.1x the fp32 speed (see
-    benchmarks/RESULTS.md)."""
+    AVX512-BF16, fp16 on CUDA, else fp32): faster, and the quality does not move beyond
+    rounding (benchmarks/RESULTS.md, sections 3 and 5)."""
     return fastest(device)
 
 
@@ -160,8 +160,9 @@ class Spleeter2Stems(LoadedModel):
         self.full_band = full_band
         self.spleeter_padding = bool(spleeter_padding)   # pad the last segment to 512 frames
         self.batch_segments = max(1, int(batch_segments))
-        # Arithmetic of the U-Nets (the STFT, masks and iSTFT stay float32).  bf16 is ~3x faster
-        # on CPUs with AMX / AVX512-BF16 and changes the dev-song SDR medians by < 0.05 dB.
+        # Arithmetic of the U-Nets (the STFT, masks and iSTFT stay float32).  bf16 is much
+        # faster on CPUs with AMX / AVX512-BF16 and leaves the dev-song SDR medians where they
+        # were (benchmarks/RESULTS.md, section 3).
         if half:
             precision = "fp16"
         if precision == "auto":
@@ -178,7 +179,7 @@ class Spleeter2Stems(LoadedModel):
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         self.chunk_frames = int(segments_per_chunk) * self.p.segment_frames
         # A small first chunk (default: one segment) puts the first output in the consumer's
-        # hands sooner: the engine's encoders start ~0.06 s earlier per file.
+        # hands sooner: the engine's encoders start earlier.
         self.first_chunk_frames = min(int(first_chunk_segments), int(segments_per_chunk)) * self.p.segment_frames
 
         states = load_spleeter_2stems(expected_shapes(spec.audio_channels))
@@ -189,7 +190,7 @@ class Spleeter2Stems(LoadedModel):
             net.eval().requires_grad_(False)
             net.to(self.dtype)
             # channels-last: oneDNN's (and cuDNN's) fast path for these 5x5 stride-2
-            # convolutions; ~25 % faster on CPU than the default layout, same results.
+            # convolutions; faster on CPU than the default layout, same results.
             self.nets.append(net.to(device, memory_format=torch.channels_last))
         self.window = torch.hann_window(self.p.frame_length, periodic=True, device=device)
         # out of memory: smaller batches of segments, then a CPU copy of the U-Nets (see .oom)

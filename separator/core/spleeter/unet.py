@@ -38,8 +38,8 @@ class CroppedConvTranspose2d(nn.ConvTranspose2d):
     """Spleeter's up-sampling: a 5x5 stride-2 transposed conv, then its 'same' crop (1 before,
     2 after).  Same parameters (and checkpoint names) as ``nn.ConvTranspose2d``, computed as
     one stride-1 3x3 conv with 4x the channels + ``pixel_shuffle`` (the polyphase form): the
-    same sums in another order (float rounding), 2-3x faster on CPU (oneDNN's transposed
-    convolutions are several times slower than its direct ones of the same size)."""
+    same sums in another order (float rounding), faster on CPU (oneDNN's transposed
+    convolutions are much slower than its direct ones of the same size)."""
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(cin, cout, kernel_size=5, stride=2)
