@@ -25,7 +25,8 @@ T_START = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 if sys.argv[1:2] and sys.argv[1] in ("ours_file", "ours_mem", "quality"):
-    import separator  # noqa: E402,F401  (first, as in our CLI: its process settings precede torch)
+    from separator.runtime import configure_process  # noqa: E402
+    configure_process()  # first, as the separator command does: its settings precede torch
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -176,7 +176,7 @@ def _demucs_reference(repo: Path, device: str | None = None):
 
 
 def section_demucs(args, mixes) -> None:
-    from separator.core.demucs_backend import load_demucs
+    from separator.core.demucs import load_demucs
     repo = _demucs_repo(args)
     res = RESULT.setdefault("demucs", {"model": "bench_htdemucs: HTDemucs() default size, random init, "
                                        "segment 7.8 s, overlap 0.25, shifts 0"})
@@ -218,8 +218,8 @@ def section_forward(args) -> None:
     """One forward pass of 8 HTDemucs windows on the card: demucs's modules, with our CPU
     rewrites, and with the CUDA ones too (what runs): median of 5 after a warm-up."""
     from demucs.pretrained import get_model
-    from separator.core import demucs_speed
-    from separator.core.demucs_backend import _autocast
+    from separator.core.demucs import speed as demucs_speed
+    from separator.core.precision import autocast as _autocast
     repo = _demucs_repo(args)
     dev = torch.device(DEVICE)
     x = torch.randn(8 if cuda() else 1, 2, int(7.8 * SR), device=dev) * 0.1     # (1: a CPU dry run)
@@ -243,7 +243,7 @@ def section_forward(args) -> None:
 def section_parity(args, mixes) -> None:
     """12 s, HTDemucs-size, TF32 off: demucs on the CPU against demucs on the card, and ours
     against demucs on each (how far a CPU fall-back can be from a GPU run at best)."""
-    from separator.core.demucs_backend import load_demucs
+    from separator.core.demucs import load_demucs
     repo = _demucs_repo(args)
     audio = tiled(mixes, 12)
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
@@ -267,7 +267,7 @@ def section_oom(args, mixes) -> None:
     """Cap the card's memory so that a batch of 16 HTDemucs chunks does not fit, then so
     that one chunk does not either."""
     import logging
-    from separator.core.demucs_backend import load_demucs
+    from separator.core.demucs import load_demucs
 
     if not cuda():
         log("  (no memory cap on a CPU: skipped)")

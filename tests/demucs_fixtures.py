@@ -83,14 +83,33 @@ def blocks(audio: np.ndarray, sizes=(1000, 4096, 333)):
         k += 1
 
 
-def collect(stream, sources) -> dict[str, np.ndarray]:
+def collect(stream, sources, mixture: list | None = None) -> dict[str, np.ndarray]:
+    """The stems of a ``separate_stream``, joined (and its blocks' mixtures appended to ``mixture``)."""
     parts = {s: [] for s in sources}
     for b in stream:
         for s in sources:
-            parts[s].append(b[s])
+            parts[s].append(b.stems[s])
+        if mixture is not None:
+            mixture.append(b.mixture)
     return {s: np.concatenate(p) if p else np.zeros((0, 2), np.float32) for s, p in parts.items()}
 
 
 def noise(seconds: float, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (rng.standard_normal((int(seconds * SR), 2)) * 0.1).astype(np.float32)
+
+
+def count_decoders(monkeypatch, path: Path) -> list:
+    """Record every ffmpeg decoder launched on ``path`` (encoders and ffprobe are not counted:
+    they start their processes through their own modules)."""
+    from separator.media import decode as decode_module
+    launches: list = []
+    real = decode_module.popen_child
+
+    def popen_child(cmd, **kwargs):
+        if any(str(path) in arg for arg in cmd):
+            launches.append(cmd)
+        return real(cmd, **kwargs)
+
+    monkeypatch.setattr(decode_module, "popen_child", popen_child)
+    return launches

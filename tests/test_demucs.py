@@ -21,8 +21,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demucs_fixtures as fx  # noqa: E402
 
-from separator.core import catalogue, model_store  # noqa: E402
-from separator.core.demucs_backend import DemucsModel, demucs_specs, load_demucs, mix_stats  # noqa: E402
+from separator.core.demucs import DemucsModel, catalogue, load_demucs, mix_stats  # noqa: E402
+from separator.core.demucs import repo as model_store  # noqa: E402
+from separator.core.demucs import specs as demucs_specs  # noqa: E402
 from separator.errors import CIError, ModelUnavailable  # noqa: E402
 
 
@@ -99,7 +100,7 @@ def test_catalogue_covers_every_pretrained_model():
 def test_committed_catalogue_is_up_to_date():
     committed = (catalogue.CATALOGUE_DIR / "demucs.yaml").read_text()
     assert committed == catalogue.dump_demucs_catalogue(), \
-        "regenerate: python -m separator.core.catalogue demucs > models/demucs.yaml"
+        "regenerate: python -m separator.core.demucs catalogue > models/demucs.yaml"
 
 
 def test_specs_list_every_model():
@@ -323,6 +324,48 @@ def test_streaming_blocks_equal_one_block_and_stats_modes(tiny_dir):
     assert max_diff(whole, given) == 0.0
 
 
+def test_each_block_carries_the_input_it_came_from(tiny_dir):
+    """Every yielded block's mixture is exactly the (un-normalised) input frames its stems came
+    from, in the model's channels, whichever way the statistics are obtained, with shifts and
+    bags."""
+    audio = fx.noise(2.6, seed=20) + 0.3                       # a DC offset: normalisation shows
+    for name, kw in [("tiny_bag", {}), ("tiny_htdemucs", {"shifts": 2, "seed": 3}), ("tiny_mix", {})]:
+        m = load_demucs(name, "cpu", model_dir=tiny_dir, **kw)
+        for blocks, extra in [([audio], {}),                                  # re-iterable: two passes
+                              (fx.blocks(audio), {}),                          # one-shot: spooled
+                              (fx.blocks(audio, (17, 30000, 1)), {"stats": mix_stats([audio])})]:
+            mixture: list = []
+            stems = fx.collect(m.separate_stream(blocks, **extra), m.sources, mixture)
+            assert all(b.dtype == np.float32 and b.flags.c_contiguous for b in mixture)
+            np.testing.assert_array_equal(np.concatenate(mixture), audio)
+            assert all(len(v) == len(audio) for v in stems.values())
+    mono = audio[:, :1]
+    mixture = []
+    fx.collect(load_demucs("tiny_mix", "cpu", model_dir=tiny_dir).separate_stream([mono]), ("vocals",), mixture)
+    np.testing.assert_array_equal(np.concatenate(mixture), np.repeat(mono, 2, axis=1))
+
+
+def test_a_demucs_job_decodes_its_input_twice(tiny_dir, tmp_path, monkeypatch):
+    """A Demucs job reads its input twice: once for the normalisation statistics, once to
+    separate; the residual background comes from the mixture the model hands back (no third
+    decode), so the written roles sum back to the input."""
+    from separator.jobs.engine import separate_file
+    from separator.media import load_audio
+    from separator.request import AudioConfig
+
+    song = tmp_path / "song.wav"
+    audio = fx.noise(2.2, seed=21)
+    fx.write_f32_wav(song, audio)
+    launches = fx.count_decoders(monkeypatch, song)
+    targets = {r: tmp_path / f"{r}.wav" for r in ("vocals", "background")}
+    separate_file(song, targets, mode="AudioAndBackground", model="tiny_htdemucs", device="cpu",
+                  audio_config=AudioConfig(codec="wav", samplerate=44100, channels=2),
+                  model_options={"model_dir": str(tiny_dir)})
+    assert len(launches) == 2
+    v, b = (load_audio(targets[r], 44100, 2) for r in ("vocals", "background"))
+    assert np.abs(v + b - audio).max() < 1e-4                 # 16-bit wav rounding of each role
+
+
 def test_output_streams_before_input_ends(tiny_dir):
     """With stats given, output is produced after about one segment of input: memory is
     bounded by the chunk, not the file."""
@@ -340,8 +383,8 @@ def test_output_streams_before_input_ends(tiny_dir):
     progress = []
     stream = m.separate_stream(src(), stats=mix_stats([audio]), progress=progress.append)
     first = next(stream)
-    assert consumed <= 3 * 44100 and len(first["vocals"]) > 0
-    total = len(first["vocals"]) + sum(len(b["vocals"]) for b in stream)
+    assert consumed <= 3 * 44100 and len(first.stems["vocals"]) > 0
+    total = len(first.stems["vocals"]) + sum(len(b.stems["vocals"]) for b in stream)
     assert total == len(audio) and sum(progress) == len(audio)
 
 
@@ -376,20 +419,20 @@ def test_stems_and_background(tiny_dir):
 
 
 def test_registry_style_factory(tiny_dir):
-    from separator.core import demucs_backend
+    from separator.core import demucs
     spec = next(s for s in demucs_specs(tiny_dir, include_local=True) if s.name == "tiny_bag")
-    m = demucs_backend.load(spec, "cpu", model_dir=tiny_dir, overlap=0.5)
+    m = demucs.load(spec, "cpu", model_dir=tiny_dir, overlap=0.5)
     assert isinstance(m, DemucsModel) and m.spec == spec and m.overlap == 0.5
 
 
 def test_local_models_are_listed_from_their_headers(tiny_dir, monkeypatch):
     """Listing a local model reads its weight file's class and arguments (memory-mapped); it
     builds nothing (the CLI used to build every local model once just to list it)."""
-    from separator.core import demucs_backend
+    from separator.core.demucs import loader
 
     want = {s.name: s for s in demucs_specs(tiny_dir, include_local=True)}
     built = []
-    monkeypatch.setattr(demucs_backend, "_load_bag", lambda *a, **k: built.append(a) or pytest.fail("built"))
+    monkeypatch.setattr(loader, "load_bag", lambda *a, **k: built.append(a) or pytest.fail("built"))
     got = {s.name: s for s in demucs_specs(tiny_dir, include_local=True)}
     assert not built and set(got) >= {"tiny_htdemucs", "tiny_bag"}
     monkeypatch.undo()
@@ -402,12 +445,13 @@ def test_local_models_are_listed_from_their_headers(tiny_dir, monkeypatch):
 
 def test_models_are_built_without_random_init_and_loaded_exactly(tiny_dir):
     """Construction skips torch.nn.init's random fills (the checkpoint overwrites every
-    parameter); the patch is undone, and the parameters are the checkpoint's."""
-    from separator.core import demucs_backend
-
-    before = torch.nn.init.uniform_
+    parameter): loading draws no random numbers and changes nothing process-wide (torch.nn.init
+    is not patched); the parameters are the checkpoint's."""
+    init = {n: getattr(torch.nn.init, n) for n in dir(torch.nn.init)}
+    rng = torch.get_rng_state()
     m = load_demucs("tiny_htdemucs", "cpu", model_dir=tiny_dir)
-    assert torch.nn.init.uniform_ is before and torch.nn.init.kaiming_uniform_ is not demucs_backend._zero_fill
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert {n: getattr(torch.nn.init, n) for n in dir(torch.nn.init)} == init
     repo = Path(tiny_dir) / "demucs"
     sig = str(yaml.safe_load((repo / "tiny_htdemucs.yaml").read_text())["models"][0])
     path = next(repo.glob(f"{sig}-*.th"))
@@ -416,6 +460,37 @@ def test_models_are_built_without_random_init_and_loaded_exactly(tiny_dir):
     for k, v in state.items():
         torch.testing.assert_close(own[k], v.to(own[k].dtype), rtol=0, atol=0)   # (stored as fp16)
     assert any(v.abs().sum() > 0 for v in own.values())
+
+
+def test_zero_init_is_local_to_the_building_thread():
+    """The zero fills apply only in the thread that builds: a random fill elsewhere at the same
+    time stays random."""
+    import threading
+
+    from separator.core.demucs.loader import _ZeroInit
+
+    inside, outside = threading.Event(), threading.Event()
+    got = {}
+
+    def elsewhere():
+        inside.wait()
+        t = torch.empty(1000)
+        torch.nn.init.kaiming_uniform_(t.view(10, 100))
+        got["other thread"] = float(t.abs().sum())
+        outside.set()
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    with _ZeroInit():
+        inside.set()
+        outside.wait(30)
+        t, u = torch.empty(10, 100), torch.empty(1000)
+        torch.nn.init.kaiming_uniform_(t)
+        u.normal_()
+        got["building thread"] = float(t.abs().sum() + u.abs().sum())
+        assert float(torch.ones(3).sum()) == 3.0                  # everything else unchanged
+    thread.join()
+    assert got["building thread"] == 0.0 and got["other thread"] > 0
 
 
 # ----------------------------------------------------------------------------- precision
@@ -429,7 +504,7 @@ def test_precision_knob(tiny_dir):
     """fp32 is the default (and what auto means for Demucs); fp16 needs CUDA; bf16 runs the
     forward passes under autocast: float32 outputs within rounding of the fp32 ones, and a
     different computation (a knob that did nothing would give identical outputs)."""
-    from separator.core import demucs_backend
+    from separator.core import demucs
     audio = fx.noise(1.6, seed=11)
     fp32 = load_demucs("tiny_htdemucs", "cpu", model_dir=tiny_dir)
     assert fp32.precision == "fp32" and fp32.dtype is None
@@ -440,8 +515,8 @@ def test_precision_knob(tiny_dir):
         assert ei.value.code == "InvalidArgument" and bad in ei.value.message
     spec = next(s for s in demucs_specs(tiny_dir, include_local=True) if s.name == "tiny_htdemucs")
     with pytest.raises(CIError):
-        demucs_backend.load(spec, "cpu", model_dir=tiny_dir, wiener=True)
-    bf16 = demucs_backend.load(spec, "cpu", model_dir=tiny_dir, precision="bf16")
+        demucs.load(spec, "cpu", model_dir=tiny_dir, wiener=True)
+    bf16 = demucs.load(spec, "cpu", model_dir=tiny_dir, precision="bf16")
     assert bf16.precision == "bf16"
     a, b = fp32.separate(audio), bf16.separate(audio)
     assert all(b[s].dtype == np.float32 and b[s].shape == audio.shape for s in b)
@@ -452,11 +527,10 @@ def test_precision_knob(tiny_dir):
 def test_reduced_precision_fallback_copy_runs_fp32(tiny_dir):
     """Out of memory, the CPU copy of a bf16 model computes in float32 (the fall-back trades
     speed for fitting, never precision): its chunks equal the fp32 model's."""
-    from separator.core.demucs_backend import _OOM
     audio = fx.noise(1.2, seed=12)
     fp32 = load_demucs("tiny_htdemucs", "cpu", model_dir=tiny_dir).separate(audio)
     m = load_demucs("tiny_htdemucs", "cpu", model_dir=tiny_dir, precision="bf16")
-    fb = _OOM[m.models[0]]
+    fb = m.oom[0]
     fb.fallback_device = torch.device("cpu")
     fb.pinned = True                                   # every chunk goes to the fall-back copy
     out = m.separate(audio)

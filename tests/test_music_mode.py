@@ -96,7 +96,7 @@ def test_default_model_prefers_installed_demucs(model_dir, tmp_path):
     # Nothing of the catalogue installed: the bundled model for 2-stem modes.
     assert registry.default_model("AudioAndBackground", str(tmp_path)) == "spleeter-2stems"
     # Pretend htdemucs is installed: it becomes the default for both kinds of mode.
-    from separator.core.catalogue import demucs_catalogue
+    from separator.core.demucs.catalogue import demucs_catalogue
     repo = tmp_path / "demucs"
     repo.mkdir()
     for f in demucs_catalogue()["htdemucs"].files:

@@ -22,10 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demucs_fixtures as fx  # noqa: E402
 from conftest import long_mixture  # noqa: E402
 
-from separator.core import model_store, registry  # noqa: E402
-from separator.core.demucs_backend import load_demucs  # noqa: E402
+from separator.core import registry  # noqa: E402
+from separator.core.demucs import load_demucs  # noqa: E402
+from separator.core.demucs import repo as model_store  # noqa: E402
 from separator.core.oom import MAX_DEVICE_FAILURES, free_cuda_cache, is_oom  # noqa: E402
-from separator.core.spleeter import PRECISIONS, Spleeter2Stems, auto_precision, tf_stft  # noqa: E402
+from separator.core.precision import PRECISIONS  # noqa: E402
+from separator.core.spleeter.model import Spleeter2Stems, auto_precision, tf_stft  # noqa: E402
 
 DATA = fx.DATA
 CPU = torch.device("cpu")

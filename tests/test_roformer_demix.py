@@ -53,9 +53,12 @@ def random_blocks(x: np.ndarray, rng: np.random.Generator, max_block: int = 6000
 def run_stream(sep: RoformerSeparator, x: np.ndarray, rng, **kw) -> dict[str, np.ndarray]:
     progress: list[int] = []
     outs = list(sep.separate_stream(random_blocks(x, rng), progress=progress.append, **kw))
-    got = {s: np.concatenate([o[s] for o in outs]) if outs else np.zeros((0, x.shape[1]), np.float32)
+    got = {s: np.concatenate([o.stems[s] for o in outs]) if outs else np.zeros((0, x.shape[1]), np.float32)
            for s in sep.sources}
     assert sum(progress) == len(x)
+    if outs and x.shape[1] == sep.audio_channels:   # each block carries the input frames it came from
+        assert all(len(o.mixture) == len(o.stems[sep.sources[0]]) for o in outs)
+        np.testing.assert_array_equal(np.concatenate([o.mixture for o in outs]), x)
     for s, a in got.items():
         assert a.shape == (len(x), sep.audio_channels) and a.dtype == np.float32, s
     return got
@@ -142,7 +145,8 @@ def test_block_splits_do_not_matter():
     whole = sep.separate(x)
     ones = list(sep.separate_stream(x[i:i + 1] for i in range(len(x))))
     for s in cfg.stems:
-        np.testing.assert_array_equal(whole[s], np.concatenate([o[s] for o in ones]))
+        np.testing.assert_array_equal(whole[s], np.concatenate([o.stems[s] for o in ones]))
+    np.testing.assert_array_equal(np.concatenate([o.mixture for o in ones]), x)
 
 
 def test_output_streams_before_the_input_ends_and_memory_is_bounded():
@@ -161,8 +165,8 @@ def test_output_streams_before_the_input_ends_and_memory_is_bounded():
     for out in stream.run(blocks()):
         if first_output_at is None:
             first_output_at = len(consumed)
-        total += len(out["vocals"])
-        sizes.append((stream.buf.shape[1], stream.acc.shape[2], stream.cnt.shape[0]))
+        total += len(out.stems["vocals"])
+        sizes.append((stream.buf.shape[1], stream.acc.shape[2], stream.cnt.shape[0], stream.raw.size))
     assert total == n_blocks * block
     assert first_output_at is not None and first_output_at < 20
     bound = 3 * CHUNK + sep.batch_size * sep.step
@@ -174,7 +178,7 @@ def test_output_streams_before_the_input_ends_and_memory_is_bounded():
     outputs = 0
     for out in stream.run([huge]):
         outputs += 1
-        assert max(stream.buf.shape[1], stream.acc.shape[2]) <= bound
+        assert max(stream.buf.shape[1], stream.acc.shape[2], stream.raw.size) <= bound
     assert outputs > 30
 
 
@@ -213,7 +217,8 @@ def test_normalize_is_msst_normalize_audio():
         stats.update(x[i:i + 1000])
     streamed = list(sep.separate_stream([x[:5000], x[5000:]], norm_stats=stats))
     for s in cfg.stems:
-        assert snr_db(got[s], np.concatenate([o[s] for o in streamed])) > PARITY_DB
+        assert snr_db(got[s], np.concatenate([o.stems[s] for o in streamed])) > PARITY_DB
+    np.testing.assert_array_equal(np.concatenate([o.mixture for o in streamed]), x)   # not normalised
 
 
 def test_extract_instrumental_is_mix_minus_vocals():
@@ -223,8 +228,9 @@ def test_extract_instrumental_is_mix_minus_vocals():
     assert sep.sources == ("other", "vocals", "instrumental")
     x = np.random.default_rng(4).standard_normal((2 * CHUNK + 9, 2)).astype(np.float32)
     outs = list(sep.separate_stream(random_blocks(x, np.random.default_rng(5))))
-    got = {s: np.concatenate([o[s] for o in outs]) for s in sep.sources}
+    got = {s: np.concatenate([o.stems[s] for o in outs]) for s in sep.sources}
     np.testing.assert_array_equal(got["instrumental"], x - got["vocals"])
+    np.testing.assert_array_equal(np.concatenate([o.mixture for o in outs]), x)
 
 
 def test_precision_and_device_arguments():

@@ -1,7 +1,7 @@
 """The inference-only rewrites that make the models faster compute the same function.
 
 * the bundled U-Net's up-sampling (:class:`CroppedConvTranspose2d`, polyphase form);
-* Demucs' decoder transposed convolutions and self-attention (:mod:`separator.core.demucs_speed`);
+* Demucs' decoder transposed convolutions and self-attention (:mod:`separator.core.demucs.speed`);
 * the malloc settings (:func:`separator.runtime.tune_malloc`), which must cut page faults.
 """
 from __future__ import annotations
@@ -21,11 +21,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demucs_fixtures as fx  # noqa: E402
 
-from separator.core import demucs_speed  # noqa: E402
-from separator.core.demucs_speed import PolyphaseConvTranspose, optimize  # noqa: E402
+from separator.core.demucs import speed as demucs_speed  # noqa: E402
+from separator.core.demucs.speed import PolyphaseConvTranspose, optimize  # noqa: E402
 from separator.core import packed_conv  # noqa: E402
 from separator.core.packed_conv import PackedConv2d  # noqa: E402
-from separator.core.spleeter import CroppedConvTranspose2d, SpleeterUNet, expected_shapes  # noqa: E402
+from separator.core.spleeter.unet import CroppedConvTranspose2d, SpleeterUNet, expected_shapes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,6 +158,63 @@ def test_packed_conv_is_a_plain_conv_where_it_cannot_pack(monkeypatch):
         PackedConv2d(4, 4, kernel_size=3, groups=2)
 
 
+# --------------------------------------------------------------------------- private torch calls
+# torch is a version range (pyproject.toml): where a private function the fast paths use is
+# missing, the public way gives the same numbers.
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_unet_without_private_leaky_relu_out_gives_the_same_numbers(channels_last, monkeypatch):
+    net = _random_unet(2)
+    x = torch.rand(1, 2, 64, 128)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want = net(x)
+    # F.leaky_relu itself calls torch._C._nn.leaky_relu in this torch, so the private function
+    # cannot simply be deleted: it is replaced by one without the out= variant
+    real, refused = torch._C._nn.leaky_relu, []
+
+    def without_out(*args, **kwargs):
+        if "out" in kwargs:
+            refused.append(1)
+            raise TypeError("leaky_relu() got an unexpected keyword argument 'out'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch._C._nn, "leaky_relu", without_out)
+    with torch.inference_mode():
+        got = net(x)
+    assert refused and torch.equal(got, want)
+
+
+def test_packed_conv_without_private_ops_is_conv2d(monkeypatch):
+    torch.manual_seed(4)
+    conv = PackedConv2d(8, 12, kernel_size=5, stride=2).requires_grad_(False)
+    x = torch.randn(2, 8, 33, 47).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        packed = conv(x)
+    monkeypatch.delattr(torch._C._nn, "mkldnn_reorder_conv2d_weight")
+    assert not packed_conv.available()
+    with torch.inference_mode():
+        plain = conv(x)
+        want = torch.nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+    assert torch.equal(plain, want)
+    assert rel_err(plain, packed) < 1e-6
+    monkeypatch.undo()
+    assert packed_conv.available() or not torch.backends.mkldnn.is_available()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fall-back reads /proc/cpuinfo")
+def test_native_bf16_check_without_private_cpu_probes(monkeypatch):
+    from separator.core import precision
+    from separator.core.spleeter.model import auto_precision
+
+    want, auto = precision.native_bf16_cpu(), auto_precision("cpu")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert precision.native_bf16_cpu() == want
+    assert auto_precision("cpu") == auto
+
+
 # --------------------------------------------------------------------------- Demucs
 @pytest.mark.parametrize("make,shape", [
     (lambda: nn.ConvTranspose1d(12, 6, 8, 4), (2, 12, 37)),
@@ -212,23 +269,96 @@ def test_optimized_htdemucs_computes_the_same_on_real_audio(tiny_pair):
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_attention_fast_path_flag_is_restored(tiny_pair):
-    _, fast, _ = tiny_pair
+@pytest.fixture(scope="module")
+def attention_pair():
+    """A small HTDemucs whose self-attention can take torch's fast path (an even number of
+    heads, which the tiny test models do not have), and its optimized copy."""
+    from demucs.htdemucs import HTDemucs
+    torch.manual_seed(8)
+    stock = HTDemucs(sources=["drums", "bass", "other", "vocals"], channels=8, depth=2, t_layers=2,
+                     t_heads=2, segment=1).eval()
+    fast = copy.deepcopy(stock)
+    optimize(fast)
+    return stock, fast
+
+
+def _native_attention_calls(monkeypatch) -> list:
+    calls: list = []
+    real = torch._native_multi_head_attention
+    monkeypatch.setattr(torch, "_native_multi_head_attention",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_attention_takes_the_regular_path_without_touching_the_global_switch(attention_pair, monkeypatch):
+    """The transformer's attention layers are switched to a class that always takes the
+    regular path (scaled_dot_product_attention): the process-wide fast-path switch is never
+    set, the native fast-path kernel is never called (the stock model calls it), and the
+    outputs equal the stock module run with the fast path off, exactly; the state_dict is
+    unchanged."""
+    from separator.core.demucs.speed import RegularPathAttention
+
+    stock, fast = attention_pair
     x = torch.randn(1, 2, 44100)
+    native = _native_attention_calls(monkeypatch)
+    with torch.inference_mode():
+        stock(x)
+    assert native, "the stock model should take the fast path here"
+    monkeypatch.undo()
+    attn = [m for m in fast.crosstransformer.modules() if isinstance(m, nn.MultiheadAttention)]
+    assert attn and all(type(m) is RegularPathAttention for m in attn)
+    assert not any(type(m) is RegularPathAttention for m in stock.modules())
     before = torch.backends.mha.get_fastpath_enabled()
-    seen = []
-    hook = fast.crosstransformer.register_forward_pre_hook(
-        lambda m, a: seen.append(torch.backends.mha.get_fastpath_enabled()))
+    toggled: list = []
+    monkeypatch.setattr(torch.backends.mha, "set_fastpath_enabled", toggled.append)
+    native = _native_attention_calls(monkeypatch)
+    with torch.inference_mode():
+        got = fast.crosstransformer(*_crosstransformer_inputs(fast, x))
+    assert toggled == [] and native == [] and torch.backends.mha.get_fastpath_enabled() == before
+    monkeypatch.undo()
+    # the stock layers (same weights), with the fast path off for the comparison only
+    regular = copy.deepcopy(fast.crosstransformer)
+    for m in regular.modules():
+        if type(m) is RegularPathAttention:
+            m.__class__ = nn.MultiheadAttention
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.inference_mode():
-            fast(x)
+            want = regular(*_crosstransformer_inputs(fast, x))
     finally:
-        hook.remove()
-    assert seen == [False] and torch.backends.mha.get_fastpath_enabled() == before
-    # even when the forward fails
-    with pytest.raises(ValueError), torch.inference_mode():
+        torch.backends.mha.set_fastpath_enabled(before)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    assert list(regular.state_dict()) == list(fast.crosstransformer.state_dict())
+    # the switch stays what it was even when a forward fails
+    with pytest.raises((ValueError, RuntimeError, AssertionError)), torch.inference_mode():
         fast.crosstransformer(torch.randn(1, 3, 3, 3), torch.randn(1, 3, 3))
     assert torch.backends.mha.get_fastpath_enabled() == before
+
+
+def _crosstransformer_inputs(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (frequency, time) branch inputs the cross-transformer of ``model`` gets for ``x``."""
+    seen = []
+    hook = model.crosstransformer.register_forward_pre_hook(lambda m, args: seen.append(args))
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        hook.remove()
+    return tuple(a.clone() for a in seen[0])
+
+
+def test_attention_rewrite_copies_and_pickles(tiny_pair):
+    import pickle
+
+    from separator.core.demucs.speed import RegularPathAttention
+
+    _, fast, _ = tiny_pair
+    for twin in (copy.deepcopy(fast), pickle.loads(pickle.dumps(fast))):
+        assert sum(type(m) is RegularPathAttention for m in twin.modules()) == \
+            sum(type(m) is RegularPathAttention for m in fast.modules()) > 0
+        x = torch.randn(1, 2, 22050)
+        with torch.inference_mode():
+            assert torch.equal(twin(x), fast(x))
 
 
 def test_a_copy_of_an_optimized_model_is_independent(tiny_pair):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import long_mixture
-from separator.core.wiener import softmask, wiener, wiener_cf
+from separator.core.spleeter.wiener import softmask, wiener, wiener_cf
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import sys
 
 def _rows(model_dir: str | None) -> list[dict]:
     from ..core import registry
-    from ..core.model_store import list_installed
+    from ..core.demucs.repo import list_installed
 
     rows = []
     for spec in registry.list_models():
@@ -39,7 +39,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from ..core.model_store import pull
+    from ..core.demucs.repo import pull
 
     for path in pull(args.name, args.model_dir, progress=sys.stderr.isatty(), force=args.force):
         print(path)
@@ -47,7 +47,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ..core.model_store import verify
+    from ..core.demucs.repo import verify
 
     checks = verify(args.model_dir, args.names or None)
     for c in checks:

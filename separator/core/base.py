@@ -3,10 +3,11 @@
 :class:`ModelSpec` describes a model (static facts, no weights loaded);
 :class:`LoadedModel` is a model ready to run on one device.  The pipeline only uses
 ``samplerate`` / ``audio_channels`` / ``sources`` and :meth:`LoadedModel.separate_stream`,
-so a new family is added by subclassing :class:`LoadedModel` and registering it in
+whose blocks are :class:`Separated`: the stems, and the input frames they came from.  A new
+family is a package that subclasses :class:`LoadedModel`, listed in
 :mod:`separator.core.registry` (the bundled model streams on its STFT frame grid,
 :mod:`separator.core.stft_stream`; Demucs with its own overlap-add,
-:mod:`separator.core.demucs_backend`).
+:mod:`separator.core.demucs`).
 """
 from __future__ import annotations
 
@@ -28,12 +29,26 @@ class ModelSpec:
     weights: str               # where the weights come from
 
 
+@dataclass(frozen=True)
+class Separated:
+    """One block of a separation: the stems, and the mixture they were separated from.
+
+    ``stems``: ``{source: (frames, audio_channels) float32}``; ``mixture``: ``(frames,
+    audio_channels)`` float32, exactly the input frames those stems came from, as the model
+    heard them (in its channels: a mono block given to a stereo model is duplicated; never
+    normalised).  The pipeline takes the residual ("everything but the vocals") from it, so it
+    need not read its input again."""
+
+    stems: dict[str, np.ndarray]
+    mixture: np.ndarray
+
+    @property
+    def frames(self) -> int:
+        return len(self.mixture)
+
+
 class LoadedModel(abc.ABC):
     """A model with its weights on ``device``.  Holds no per-stream state: concurrent streams are fine."""
-
-    #: True when the sources add up to the input exactly (to float rounding), so the
-    #: pipeline can take "everything but the vocals" from them instead of from the mixture.
-    sources_sum_to_input: bool = False
 
     def __init__(self, spec: ModelSpec, device: str) -> None:
         self.spec = spec
@@ -53,19 +68,22 @@ class LoadedModel(abc.ABC):
 
     @abc.abstractmethod
     def separate_stream(self, blocks: Iterable[np.ndarray], *,
-                        progress: Callable[[int], None] | None = None) -> Iterator[dict[str, np.ndarray]]:
+                        progress: Callable[[int], None] | None = None) -> Iterator[Separated]:
         """Separate a stream of ``(frames, audio_channels)`` float32 blocks at ``samplerate``.
 
-        Yields ``{source: (frames, audio_channels) float32}`` blocks whose total length is
-        the input's.  ``progress(n)`` is called with the number of *new* input frames whose
-        output has been produced (the calls sum to the input length).
+        Yields :class:`Separated` blocks in order whose total length is the input's: their
+        mixtures, joined, are the input.  ``progress(n)`` is called with the number of *new*
+        input frames whose output has been produced (the calls sum to the input length).
         """
 
     def separate(self, audio: np.ndarray) -> dict[str, np.ndarray]:
-        """Convenience: separate a whole ``(frames, audio_channels)`` array."""
+        """Convenience: separate a whole ``(frames, audio_channels)`` array into its stems."""
         parts: dict[str, list[np.ndarray]] = {s: [] for s in self.sources}
         for block in self.separate_stream([audio]):
             for s in self.sources:
-                parts[s].append(block[s])
+                parts[s].append(block.stems[s])
         return {s: (np.concatenate(p, axis=0) if p else np.zeros((0, self.audio_channels), np.float32))
                 for s, p in parts.items()}
+
+
+__all__ = ["LoadedModel", "ModelSpec", "Separated"]

@@ -1,8 +1,8 @@
 """2-D convolutions on CPU with the kernel reordered for oneDNN once, not on every call.
 
 ``F.conv2d`` on CPU hands oneDNN a plain ``(O, I, kh, kw)`` kernel, which oneDNN reorders
-into its blocked layout on every call.  For the bundled U-Net in bf16 (AMX) that reorder
-is a fifth of the convolution time; the small, deep layers are dominated by it.
+into its blocked layout on every call.  The bundled U-Net's small, deep layers do little work
+per call, so for them the reorder is a large part of the convolution time.
 :class:`PackedConv2d` keeps the reordered ("pre-packed") kernel, derived from the module's
 own ``weight`` (the ``state_dict`` is unchanged; a changed weight is re-packed), and calls
 oneDNN's convolution directly -- the same primitive and the same numbers as ``F.conv2d``
@@ -10,9 +10,10 @@ oneDNN's convolution directly -- the same primitive and the same numbers as ``F.
 
 This uses ``torch.ops.mkldnn._convolution_pointwise`` and
 ``torch._C._nn.mkldnn_reorder_conv2d_weight``: the pair that torch's own compiler
-(inductor's weight pre-packing) uses on CPU.  Where they are missing or refuse an input,
-or for anything but channels-last float32/bfloat16 inference on CPU, the module is a plain
-``nn.Conv2d``.
+(inductor's weight pre-packing) uses on CPU, both private.  Where this torch lacks either or
+they refuse an input, or for anything but channels-last float32/bfloat16 inference on CPU,
+the module is a plain ``nn.Conv2d`` (``F.conv2d``): torch can be any version of the range
+``pyproject.toml`` allows.
 """
 from __future__ import annotations
 
@@ -30,10 +31,16 @@ _DTYPES = (torch.float32, torch.bfloat16)
 _broken = False   # set once the pre-packed path has failed in this process
 
 
+def _private_ops():
+    """torch's pre-packing pair (private: inductor's), or None where this torch lacks either."""
+    try:
+        return torch._C._nn.mkldnn_reorder_conv2d_weight, torch.ops.mkldnn._convolution_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def available() -> bool:
-    return (not _broken and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-            and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
+    return not _broken and torch.backends.mkldnn.is_available() and _private_ops() is not None
 
 
 def _as_pair(v) -> list[int]:
@@ -53,12 +60,13 @@ def packed_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if not usable:
         return F.conv2d(x, weight, bias, stride, padding, dilation)
     s, p, d = _as_pair(stride), _as_pair(padding), _as_pair(dilation)
+    reorder, conv = _private_ops()
     try:
-        packed = cache.get((weight,), lambda: torch._C._nn.mkldnn_reorder_conv2d_weight(
-            weight.detach().to_mkldnn(), p, s, d, 1, list(x.shape)), extra=(tuple(s), tuple(p), tuple(d)))
-        return torch.ops.mkldnn._convolution_pointwise(x, packed, None if bias is None else bias.detach(),
-                                                       p, s, d, 1, "none", [], "")
-    except (RuntimeError, NotImplementedError) as err:   # an unusual build: plain convolutions from now on
+        packed = cache.get((weight,), lambda: reorder(weight.detach().to_mkldnn(), p, s, d, 1, list(x.shape)),
+                           extra=(tuple(s), tuple(p), tuple(d)))
+        return conv(x, packed, None if bias is None else bias.detach(), p, s, d, 1, "none", [], "")
+    except (RuntimeError, NotImplementedError, TypeError) as err:   # an unusual build or another
+        # signature: plain convolutions from now on
         _broken = True
         log.debug("pre-packed oneDNN convolution unavailable (%s); using F.conv2d", err)
         return F.conv2d(x, weight, bias, stride, padding, dilation)

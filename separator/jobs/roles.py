@@ -36,21 +36,16 @@ def check_model_supports(mode: str, sources: Sequence[str], model_name: str) -> 
 
 
 def combine(stems: Mapping[str, np.ndarray], roles: Sequence[str], mode: str,
-            mixture: np.ndarray | None) -> dict[str, np.ndarray]:
+            mixture: np.ndarray) -> dict[str, np.ndarray]:
     """Build the requested roles from a block of model sources and the same frames of the
-    mixture (each ``(frames, channels)`` float32).  ``mixture=None`` is for models whose
-    sources already sum to the input exactly: the background is then the sum of the others.
-    The owned sources are subtracted in the protocol's fixed order, so the background's
-    rounding (and the encoded bytes) never depend on the process."""
-    own = OWNED_ROLES[mode]
+    mixture (each ``(frames, channels)`` float32).  The owned sources are subtracted in the
+    protocol's fixed order, so the background's rounding (and the encoded bytes) never depend
+    on the process."""
     out: dict[str, np.ndarray] = {}
     for role in roles:
-        if role == "background" and mixture is None:
-            rest = [v for k, v in stems.items() if k not in own]
-            out[role] = rest[0] if len(rest) == 1 else np.sum(rest, axis=0, dtype=np.float32)
-        elif role == "background":
+        if role == "background":
             rest = mixture.astype(np.float32, copy=True)
-            for name in own:
+            for name in OWNED_ROLES[mode]:
                 rest -= stems[name]
             out[role] = rest
         else:

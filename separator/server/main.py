@@ -59,7 +59,7 @@ def check_models(cfg: ServerConfig, source: str | None) -> None:
     if not cfg.models:
         return
     from ..core import registry
-    from ..core.model_store import demucs_repo
+    from ..core.demucs.repo import demucs_repo
     from ..errors import CIError
 
     model_dir = cfg.engine_options.get("model_dir")

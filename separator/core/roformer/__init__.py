@@ -8,7 +8,8 @@ Typical use::
     model = load_weights(build_model(cfg), "model.ckpt")   # RoformerWeightsError
     sep = RoformerSeparator(model, cfg, device="cuda", precision="bf16")
     for out in sep.separate_stream(blocks):          # blocks: (frames, channels) float32
-        ...                                          # out: {stem: (frames, channels) float32}
+        ...                                          # out.stems: {stem: (frames, channels) float32},
+                                                     # out.mixture: the input frames they came from
 
 Units: ``samplerate`` in Hz; chunk sizes, steps and block lengths in frames (samples per
 channel); nothing here works in seconds.

@@ -27,16 +27,16 @@ input length or block sizes.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..base import Separated
+from ..blocks import BlockQueue
+from ..precision import PRECISIONS, autocast, autocast_dtype
 from .config import RoformerConfig
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def msst_window(chunk_size: int, fade_size: int) -> np.ndarray:
@@ -101,7 +101,7 @@ class RoformerSeparator:
                  num_overlap: int | None = None, normalize: bool | None = None,
                  extract_instrumental: bool = False):
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         self.device = torch.device(device)
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
@@ -140,18 +140,19 @@ class RoformerSeparator:
         stats = NormStats.of(self._channels(audio)) if self.normalize else None
         parts: dict[str, list[np.ndarray]] = {s: [] for s in self.sources}
         for out in self.separate_stream([audio], progress=progress, norm_stats=stats):
-            for s, a in out.items():
+            for s, a in out.stems.items():
                 parts[s].append(a)
         return {s: (np.concatenate(p) if p else np.zeros((0, self.audio_channels), np.float32))
                 for s, p in parts.items()}
 
     def separate_stream(self, blocks: Iterable[np.ndarray],
                         progress: Callable[[int], None] | None = None,
-                        norm_stats: NormStats | None = None) -> Iterator[dict[str, np.ndarray]]:
+                        norm_stats: NormStats | None = None) -> Iterator[Separated]:
         """Separate a stream of ``(frames, channels)`` float32 blocks (any lengths).
 
-        Yields ``{stem: (frames, channels) float32}`` dicts as soon as output is final; their
-        frames add up to the input's.  ``progress(n)`` is called with the number of input
+        Yields :class:`~separator.core.base.Separated` blocks as soon as output is final:
+        ``stems`` = ``{stem: (frames, channels) float32}`` and ``mixture`` = the input frames
+        they came from (un-normalised); their frames add up to the input's.  ``progress(n)`` is called with the number of input
         frames newly finalised.  A mono block given to a stereo model is duplicated to both
         channels (as MSST does); output then has the model's channels.  When the config asks
         for ``normalize``, pass ``norm_stats`` (a :class:`NormStats` of the whole input).
@@ -177,18 +178,12 @@ class RoformerSeparator:
             return np.repeat(block, 2, axis=1)
         raise ValueError(f"this model takes {self.audio_channels} channel(s); got a block with {ch}")
 
-    def _autocast(self):
-        if self.precision == "fp32":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
-
     def _run_model(self, chunks: list[np.ndarray]) -> np.ndarray:
         """``chunks``: (channels, chunk_size) float32 each -> (n, stems, channels, chunk_size)."""
         batch = torch.from_numpy(np.stack(chunks))
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device, autocast_dtype(self.precision)):
             out = self.model(batch)
         return out.float().cpu().numpy()
 
@@ -217,22 +212,21 @@ class _Stream:
         self.acc_start = 0
         self.k_done = 0                           # chunks run so far
         self.emit_p = 0                           # next position of P to emit (or discard)
-        self.raw = np.zeros((ch, 0), np.float32)   # input frames not yet emitted (residual stem)
+        self.raw = BlockQueue(ch)                 # input frames (un-normalised) not yet emitted
 
     # ---------------------------------------------------------------------------- stream
 
-    def run(self, blocks: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    def run(self, blocks: Iterable[np.ndarray]) -> Iterator[Separated]:
         for block in blocks:
             block = self.sep._channels(block)
             # at most one chunk at a time, so a huge block does not grow the buffers
             for start in range(0, block.shape[0], self.C):
+                self.raw.push(block[start:start + self.C])
                 yield from self._push(block[start:start + self.C].T)
         yield from self._finish()
 
-    def _push(self, x: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+    def _push(self, x: np.ndarray) -> Iterator[Separated]:
         """Take ``x`` (channels, frames) of input and run what it completes."""
-        if self.sep._residual_of is not None:
-            self.raw = np.concatenate([self.raw, x], axis=1)
         if self.norm is not None:
             x = ((x.astype(np.float64) - self.norm.mean) / self.norm.std).astype(np.float32)
         self.length += x.shape[1]
@@ -252,7 +246,7 @@ class _Stream:
             self.buf = np.concatenate([self.buf, x], axis=1)
         yield from self._advance()
 
-    def _advance(self) -> Iterator[dict[str, np.ndarray]]:
+    def _advance(self) -> Iterator[Separated]:
         """Run every full batch of complete chunks that cannot be the last batch."""
         known_end = self.buf_start + self.buf.shape[1]
         while True:
@@ -266,7 +260,7 @@ class _Stream:
             self.k_done = last + 1
             yield from self._emit(self.k_done * self.step)
 
-    def _finish(self) -> Iterator[dict[str, np.ndarray]]:
+    def _finish(self) -> Iterator[Separated]:
         if self.length == 0:
             return
         if self.padded is None:       # short input: MSST does not pad
@@ -323,7 +317,7 @@ class _Stream:
             self.acc[:, :, a:a + n] += out[j, :, :, :n] * window[:n]
             self.cnt[a:a + n] += window[:n]
 
-    def _emit(self, upto: int, total: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def _emit(self, upto: int, total: int | None = None) -> Iterator[Separated]:
         """Yield the final output up to (not including) P position ``upto``; drop what no
         later chunk needs."""
         lo, hi = self.emit_p, upto
@@ -337,15 +331,15 @@ class _Stream:
             if self.norm is not None:
                 est = (est * self.norm.std + self.norm.mean).astype(np.float32)
             out = {name: np.ascontiguousarray(est[i].T) for i, name in enumerate(self.sep.model_sources)}
+            mix = np.ascontiguousarray(self.raw.peek(hi - lo))
+            self.raw.drop(hi - lo)
             if self.sep._residual_of is not None:
-                n = hi - lo
-                mix, self.raw = self.raw[:, :n], self.raw[:, n:]
                 out["instrumental"] = np.ascontiguousarray(
-                    (mix - est[self.sep._residual_of]).T.astype(np.float32))
+                    (mix.T - est[self.sep._residual_of]).T.astype(np.float32))
             self.emit_p = hi
             if self.progress is not None:
                 self.progress(hi - lo)
-            yield out
+            yield Separated(out, mix)
         # forget what is behind both the emitted output and the next chunk's start
         keep = min(self.emit_p, self.k_done * self.step)
         if keep > self.acc_start:

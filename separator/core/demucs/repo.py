@@ -29,7 +29,7 @@ from pathlib import Path
 
 from separator.errors import ModelUnavailable
 
-from ..filehash import file_digest
+from ...filehash import file_digest
 from .catalogue import DEMUCS_URL_ROOT, CatalogueModel, WeightFile, demucs_catalogue
 
 ENV_MODEL_DIR = "SEPARATOR_MODEL_DIR"
@@ -212,7 +212,7 @@ def pull(name: str, root: str | os.PathLike | None = None, *, progress: bool = F
         if force or chk.status != "ok":
             todo.append(f)
     if todo:
-        from ..storage.local import writable_folder_problem
+        from ...storage.local import writable_folder_problem
         problem = writable_folder_problem(repo)
         if problem:
             raise ModelUnavailable(f"cannot install Demucs model {name!r} into {repo}: {problem}; "
@@ -223,7 +223,7 @@ def pull(name: str, root: str | os.PathLike | None = None, *, progress: bool = F
                 f"cannot download Demucs model {name!r}: {reason}. " + copy_instructions(entry, repo, todo))
         import torch.hub
 
-        from ..storage.local import created_folders
+        from ...storage.local import created_folders
         # a failed or interrupted pull leaves no partial file and no folder it created
         with created_folders([repo / f.file for f in todo]):
             for f in todo:

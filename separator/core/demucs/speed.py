@@ -1,24 +1,25 @@
 """Inference-only rewrites of a loaded Demucs model: same function, less CPU time.
 
-Applied once at load time by :mod:`separator.core.demucs_backend`; the parameters (and
+Applied once at load time by :func:`separator.core.demucs.model.load_demucs`; the parameters (and
 ``state_dict``) stay those of the checkpoint.  Each rewrite computes the same sums in
-another order, so outputs match the unmodified model to float rounding (measured: SDR
-between the two > 120 dB on a full-size HTDemucs; the demucs-CLI parity tests run
-through it).
+another order, so outputs match the unmodified model to float rounding
+(tests/test_speed_rewrites.py compares each with the original; the demucs-CLI parity tests
+run through them).
 
 * **Polyphase transposed convolutions.**  The decoders' ``ConvTranspose{1,2}d`` (kernel 8,
   stride 4) become one stride-1 convolution with ``stride`` x the output channels (kernel
   ``8 / 4 = 2``) and an interleave of the phases.  oneDNN's transposed convolutions are
-  several times slower than its direct ones of the same size on CPU.
+  much slower than its direct ones of the same size on CPU.
 * **Group norms as two reductions (CUDA only).**  torch's CUDA ``group_norm`` gives each
   (sample, group) row to one thread block: with Demucs's ``GroupNorm(1, C)`` over whole
-  chunks that is a handful of blocks on a GPU of 132 multiprocessors, 28 % of an HTDemucs
-  forward pass on an H200.  :class:`FastGroupNorm` computes the same statistics with
+  chunks that is a handful of blocks for a GPU with a hundred multiprocessors or more, most
+  of which wait (benchmarks/RESULTS.md, section 5).  :class:`FastGroupNorm` computes the same statistics with
   ``torch.var_mean`` (a reduction split across the whole GPU), in float32 as autocast does.
 * **Fused attention in the self-attention layers.**  ``nn.MultiheadAttention``'s inference
   "fast path" computes self-attention on CPU as explicit ``bmm`` + ``softmax`` over the
   whole ``T x T`` matrix; the regular path calls ``scaled_dot_product_attention`` (a flash
-  kernel on CPU).  The transformer runs with the fast path off.
+  kernel on CPU).  The transformer's attention layers always take the regular path
+  (:class:`RegularPathAttention`).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tensor_cache import Derived
+from ..tensor_cache import Derived
 
 
 def _phase_weight(w: torch.Tensor, stride: int) -> torch.Tensor:
@@ -125,22 +126,48 @@ def _fast_group_norms(model: nn.Module) -> int:
     return n
 
 
-def _fast_path_off(module: nn.Module, args) -> None:
-    module._mha_fast_path_saved.append(torch.backends.mha.get_fastpath_enabled())
-    torch.backends.mha.set_fastpath_enabled(False)
+class RegularPathAttention(nn.MultiheadAttention):
+    """An ``nn.MultiheadAttention`` that always takes the regular path,
+    ``F.multi_head_attention_forward`` (which calls ``scaled_dot_product_attention`` when no
+    weights are asked for), never the inference fast path.  Instances are switched to this
+    class in place (:func:`_regular_path_attention`): same parameters and ``state_dict``,
+    copied and pickled like any module, and nothing process-wide is toggled (the fast path's
+    switch, ``torch.backends.mha``, is global and would race between threads)."""
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        batched = self.batch_first and query.dim() == 3
+        if batched:   # transposed keeping the "is" relations, which select the packed projection
+            if key is value:
+                if query is key:
+                    query = key = value = query.transpose(1, 0)
+                else:
+                    query, key = (x.transpose(1, 0) for x in (query, key))
+                    value = key
+            else:
+                query, key, value = (x.transpose(1, 0) for x in (query, key, value))
+        separate = not self._qkv_same_embed_dim
+        out, weights = F.multi_head_attention_forward(
+            query, key, value, self.embed_dim, self.num_heads, self.in_proj_weight, self.in_proj_bias,
+            self.bias_k, self.bias_v, self.add_zero_attn, self.dropout, self.out_proj.weight,
+            self.out_proj.bias, training=self.training, key_padding_mask=key_padding_mask,
+            need_weights=need_weights, attn_mask=attn_mask, use_separate_proj_weight=separate,
+            q_proj_weight=self.q_proj_weight if separate else None,
+            k_proj_weight=self.k_proj_weight if separate else None,
+            v_proj_weight=self.v_proj_weight if separate else None,
+            average_attn_weights=average_attn_weights, is_causal=is_causal)
+        return (out.transpose(1, 0) if batched else out), weights
 
 
-def _fast_path_restore(module: nn.Module, args, output) -> None:
-    if module._mha_fast_path_saved:
-        torch.backends.mha.set_fastpath_enabled(module._mha_fast_path_saved.pop())
-
-
-def _without_mha_fast_path(module: nn.Module) -> None:
-    """Run ``module`` with the MHA fast path off (hooks, not a wrapped ``forward``: they are
-    copied with the module by ``copy.deepcopy``, e.g. for the out-of-memory CPU copy)."""
-    module._mha_fast_path_saved = []
-    module.register_forward_pre_hook(_fast_path_off)
-    module.register_forward_hook(_fast_path_restore, always_call=True)
+def _regular_path_attention(module: nn.Module) -> int:
+    """Switch every ``nn.MultiheadAttention`` (exactly that class) in ``module`` to
+    :class:`RegularPathAttention`; returns how many."""
+    n = 0
+    for m in module.modules():
+        if type(m) is nn.MultiheadAttention:
+            m.__class__ = RegularPathAttention
+            n += 1
+    return n
 
 
 def optimize(model: nn.Module, device: str | torch.device = "cpu") -> dict[str, int]:
@@ -150,10 +177,9 @@ def optimize(model: nn.Module, device: str | torch.device = "cpu") -> dict[str, 
               "group_norm": _fast_group_norms(model) if torch.device(device).type == "cuda" else 0}
     for name in ("crosstransformer",):
         sub = getattr(model, name, None)
-        if isinstance(sub, nn.Module):
-            _without_mha_fast_path(sub)
+        if isinstance(sub, nn.Module) and _regular_path_attention(sub):
             counts["attention"] += 1
     return counts
 
 
-__all__ = ["optimize", "PolyphaseConvTranspose", "FastGroupNorm"]
+__all__ = ["optimize", "FastGroupNorm", "PolyphaseConvTranspose", "RegularPathAttention"]

@@ -31,7 +31,7 @@ Differences from norbert are in the arithmetic only, not the result (float round
 
 Two layouts: :func:`wiener` takes norbert's (``v[frames, bins, {1, C}, sources]``,
 ``x[frames, bins, C]``, returns ``[frames, bins, C, sources]``); :func:`wiener_cf` is the
-channels-first, frames-last layout of :mod:`separator.core.spleeter` (``v[S, {1, C}, F, T]``,
+channels-first, frames-last layout of :mod:`separator.core.spleeter.model` (``v[S, {1, C}, F, T]``,
 ``x[C, F, T]``, returns ``[len(sources), C, F, T]``) and can return only some sources.
 """
 from __future__ import annotations
