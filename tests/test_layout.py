@@ -131,3 +131,15 @@ def test_the_walk_sees_lazy_imports():
     g = graph()
     assert "separator.core.registry" in g["separator.api"]
     assert any(d.startswith("separator.media") for d in g["separator.jobs.engine"])
+
+
+def test_the_command_line_starts_without_the_heavy_libraries():
+    """``separator --help`` (and parsing any command) imports neither torch nor numpy nor
+    pydantic: they load when a command runs."""
+    import subprocess
+    import sys
+    code = ("import sys, separator.cli; separator.cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'numpy', 'pydantic') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent).stdout.strip()
+    assert out == "[]"

@@ -8,9 +8,22 @@ See :mod:`.plan` (sources, manifests), :mod:`.naming` (output templates), :mod:`
 (resume), :mod:`.runner` (summary, exit statuses), :mod:`.worker` (what a worker runs); the
 workers themselves are :mod:`separator.workers`' pools.
 """
-from .naming import DEFAULT_TEMPLATE
-from .plan import MEDIA_EXTENSIONS, BatchItem, Defaults, Plan, build_plan
-from .runner import BatchError, BatchOptions, BatchReport, run_batch
+import importlib
 
-__all__ = ["BatchError", "BatchItem", "BatchOptions", "BatchReport", "DEFAULT_TEMPLATE", "Defaults",
-           "MEDIA_EXTENSIONS", "Plan", "build_plan", "run_batch"]
+#: name -> the module that defines it (imported on first use: the command line's help needs
+#: none of them, and importing the runner brings in the whole request layer)
+_NAMES = {"DEFAULT_TEMPLATE": "naming", "MEDIA_EXTENSIONS": "plan", "BatchItem": "plan", "Defaults": "plan",
+          "Plan": "plan", "build_plan": "plan", "BatchError": "runner", "BatchOptions": "runner",
+          "BatchReport": "runner", "run_batch": "runner"}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_NAMES))

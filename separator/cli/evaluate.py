@@ -42,7 +42,6 @@ import sys
 import time
 from pathlib import Path
 
-from ..evaluate import DEFAULT_DATA, evaluate_model, load, songs_for
 from . import options
 from .options import UsageError, add_model_args
 
@@ -81,8 +80,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "eval", help="score a model on songs with ground-truth stems (SDR table and medians)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data_dir", nargs="?", default=None, metavar="DATA_DIR",
-                   help=f"folder of songs with ground-truth stems (default: the development set "
-                   f"{DEFAULT_DATA} when present)")
+                   help="folder of songs with ground-truth stems (default: the development set "
+                   "../shared/data beside the repository, when present)")
     add_model_args(p)
     p.add_argument("-O", "--option", action="append", metavar="KEY=VALUE",
                    help="any other model option, e.g. -O full_band=false (repeatable)")
@@ -130,6 +129,8 @@ def format_table(report: dict) -> str:
 
 # --------------------------------------------------------------------------- command
 def cmd_eval(args: argparse.Namespace) -> int:
+    from ..evaluate import DEFAULT_DATA, evaluate_model, load, songs_for
+
     data_dir = Path(args.data_dir) if args.data_dir else DEFAULT_DATA
     if not data_dir.is_dir():
         what = "is a file, not a folder" if data_dir.exists() else "not found"

@@ -7,8 +7,11 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .config import ConfigError, ServerConfig, build_config
+if TYPE_CHECKING:
+    from .config import ServerConfig
+
 
 log = logging.getLogger("separator.server")
 
@@ -43,6 +46,8 @@ def setup_logging(log_level: str) -> None:
 def prepare_storage(root: Path) -> None:
     """Make the storage root (and its state folder) if missing, and check it can be written:
     a ConfigError now instead of a traceback from deep inside the service later."""
+    from .config import ConfigError
+
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--storage {root}: not a directory")
     try:
@@ -56,6 +61,8 @@ def prepare_storage(root: Path) -> None:
 def check_models(cfg: ServerConfig, source: str | None) -> None:
     """The ``[models]`` a config pins: an unknown name is a ConfigError; one whose weights are
     not on this machine gets a warning (its jobs would fail) saying how to get them."""
+    from .config import ConfigError
+
     if not cfg.models:
         return
     from ..core import registry
@@ -80,6 +87,8 @@ def check_models(cfg: ServerConfig, source: str | None) -> None:
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """The checked configuration (ConfigError, or RayUnavailable (a RuntimeError) when
     --ray-address is given without the extra)."""
+    from .config import build_config
+
     cfg = build_config(args.storage, config_file=args.config, host=args.host, port=args.port,
                        workers=args.workers, ray_address=getattr(args, "ray_address", None))
     prepare_storage(cfg.storage)
@@ -127,6 +136,8 @@ def serve(argv: Sequence[str] | None = None) -> int:
 def main(args: argparse.Namespace) -> int:
     """For a CLI that already parsed the options with :func:`build_parser`.  A configuration
     that cannot be used ends here: one line ``error: …`` on stderr, exit status 2."""
+    from .config import ConfigError
+
     log_level = getattr(args, "log_level", "info")
     setup_logging(log_level)  # before the checks: check_models warns
     try:
