@@ -227,15 +227,16 @@ def test_separate_never_writes_over_its_input(song, tmp_path):
     victim = tmp_path / "vocals" / "vocals.wav"
     shutil.copy(song, victim)
     digest = hashlib.md5(victim.read_bytes()).hexdigest()
-    line = one_line_error(cli("separate", "vocals/vocals.wav", "-o", ".", "--codec", "wav", cwd=tmp_path))
-    assert "input file itself" in line
+    line = one_line_error(cli("separate", "vocals/vocals.wav", "-o", ".", "--codec", "wav",
+                              "--filename", "{track}/{stem}.{ext}", cwd=tmp_path))
+    assert "is an input" in line
     assert hashlib.md5(victim.read_bytes()).hexdigest() == digest
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["vocals", "vocals.wav"]
     # an output path that is a hard link to the input is the input too
     (tmp_path / "other" / "vocals").mkdir(parents=True)
     os.link(victim, tmp_path / "other" / "vocals" / "vocals.wav")
     line = one_line_error(cli("separate", "vocals/vocals.wav", "-o", "other", "--codec", "wav",
-                              "--mode", "IsAudio", cwd=tmp_path))
+                              "--mode", "IsAudio", "--filename", "{track}/{stem}.{ext}", cwd=tmp_path))
     assert "input file itself" in line
     assert hashlib.md5(victim.read_bytes()).hexdigest() == digest
 
@@ -243,7 +244,7 @@ def test_separate_never_writes_over_its_input(song, tmp_path):
 def test_outputs_of_an_earlier_run_are_replaced(song, tmp_path):
     first = cli("separate", str(song), "-o", str(tmp_path), "--codec", "wav", "-q")
     assert first.returncode == 0, first.stderr
-    vocals = tmp_path / "song" / "vocals.wav"
+    vocals = tmp_path / "spleeter-2stems" / "song" / "vocals.wav"
     vocals.write_bytes(b"stale")
     again = cli("separate", str(song), "-o", str(tmp_path), "--codec", "wav", "-q")
     assert again.returncode == 0, again.stderr
@@ -272,7 +273,7 @@ def test_five_one_keeps_its_dialogue_and_layout(film, tmp_path):
     path, speech = film
     proc = cli("separate", str(path), "-o", str(tmp_path), "--codec", "wav", "-q")
     assert proc.returncode == 0, proc.stderr
-    out = {r: tmp_path / "film" / f"{r}.wav" for r in ("vocals", "background")}
+    out = {r: tmp_path / "spleeter-2stems" / "film" / f"{r}.wav" for r in ("vocals", "background")}
     for p in out.values():
         s = probe(p).audio
         assert (s.channels, s.channel_layout) == (6, "5.1(side)")
@@ -299,7 +300,8 @@ def test_five_one_downmix_after_separation_does_not_clip(film, tmp_path, channel
     m = downmix_matrix(channel_names("5.1(side)", 6), channels)
     naive = x @ np.array([[1, 0], [0, 1], [0.7071, 0.7071], [0, 0], [0.7071, 0], [0, 0.7071]])
     assert np.abs(naive).max() > 1.0                 # the standard coefficients alone would clip
-    v, b = (load_audio(tmp_path / "film" / f"{r}.flac", SR, channels) for r in ("vocals", "background"))
+    v, b = (load_audio(tmp_path / "spleeter-2stems" / "film" / f"{r}.flac", SR, channels)
+            for r in ("vocals", "background"))
     assert np.abs(v + b - x @ m.T).max() <= 3 / 32768
     for stem in (v, b):
         assert np.abs(stem).max() < 0.999
@@ -326,7 +328,9 @@ def test_music_mode_is_byte_identical_across_processes(song, tmp_path_factory):
                    "--model", "tiny_htdemucs", "--model-dir", str(model_dir), "-q",
                    env={"PYTHONHASHSEED": str(seed)})
         assert proc.returncode == 0, proc.stderr
-        digests.append({p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in (out / "song").iterdir()})
+        digests.append({p.name: hashlib.md5(p.read_bytes()).hexdigest()
+                        for p in (out / "tiny_htdemucs" / "song").iterdir()})
+    assert sorted(digests[0]) == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
     assert digests[0] == digests[1]
 
 
@@ -345,7 +349,7 @@ def test_a_changed_bitrate_is_said(song, tmp_path):
     proc = cli("separate", str(song), "-o", str(tmp_path), "--codec", "mp3", "--bitrate", "1000", "-q")
     assert proc.returncode == 0, proc.stderr
     assert "note: Bitrate 1000 kbps" in proc.stderr and "320 kbps" in proc.stderr
-    assert probe(tmp_path / "song" / "vocals.mp3").audio.bitrate_kbps == pytest.approx(320, rel=0.05)
+    assert probe(tmp_path / "spleeter-2stems" / "song" / "vocals.mp3").audio.bitrate_kbps == pytest.approx(320, rel=0.05)
 
 
 # --------------------------------------------------------------------------- 7. AAC length
@@ -369,7 +373,7 @@ def test_aac_outputs_carry_the_exact_length(tmp_path, noise_music, frames):
     proc = cli("separate", str(src), "-o", str(tmp_path), "--codec", "aac", "-q")
     assert proc.returncode == 0, proc.stderr
     for role in ("vocals", "background"):
-        out = tmp_path / "in" / f"{role}.m4a"
+        out = tmp_path / "spleeter-2stems" / "in" / f"{role}.m4a"
         assert len(load_audio(out, SR, 2)) == frames
         boxes = dict(_boxes(out.read_bytes(), 0, out.stat().st_size))
         elst = boxes["/moov/trak/edts/elst"]

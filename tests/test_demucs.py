@@ -153,7 +153,7 @@ def test_pull_offline_fails_fast_with_instructions(monkeypatch, tmp_path):
 
 
 def test_pull_real_host_offline_fails_fast(tmp_path):
-    if model_store._probe(catalogue.DEMUCS_URL_ROOT) is None:
+    if model_store.unreachable(catalogue.DEMUCS_URL_ROOT) is None:
         pytest.skip("network is reachable here; the mirror test covers the failure path")
     t0 = time.monotonic()
     with pytest.raises(ModelUnavailable, match="955717e8-8726e21a.th"):

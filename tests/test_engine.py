@@ -320,7 +320,7 @@ def test_cli_separate_writes_named_files(song_clip, tmp_path):
     proc = _run_cli("separate", str(song_clip), "-o", str(tmp_path), "--mode", "IsAudio",
                     "--codec", "MP3", "--bitrate", "96", "-q")
     assert proc.returncode == 0, proc.stderr
-    out = tmp_path / song_clip.stem / "vocals.mp3"
+    out = tmp_path / "spleeter-2stems" / song_clip.stem / "vocals.mp3"
     assert out.is_file() and proc.stdout.strip() == f"vocals\t{out}"
     # the command ends with os._exit: the file is nevertheless complete
     assert probe(out).duration == pytest.approx(probe(song_clip).duration, abs=0.06)

@@ -4,7 +4,7 @@ Every ``import`` in ``separator/`` counts, at module level or inside a function 
 is still a dependency).  Modules are grouped in layers, from the protocol's vocabulary up to
 the command line; a module may import its own layer and the layers below, never above::
 
-    errors, protocol, codecs, runtime, filehash, progress      the vocabulary, process settings
+    errors, protocol, codecs, naming, runtime, filehash, progress   the vocabulary, process settings
     request, storage, media                                    the request, the files, ffmpeg
     core                                                       separation (models and streaming)
     workers                                                    processes that run tasks (local, Ray)
@@ -20,7 +20,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "separator"
 
 LAYERS = [
-    {"errors", "protocol", "codecs", "runtime", "filehash", "progress"},
+    {"errors", "protocol", "codecs", "naming", "runtime", "filehash", "progress"},
     {"request", "storage", "media"},
     {"core"},
     {"workers"},

@@ -32,6 +32,7 @@ BIN = Path(sys.executable).parent
 OFFLINE = {
     "separator models pull htdemucs": (2, "cannot download Demucs model 'htdemucs'"),
     "separator separate song.mp3 --mode MusicMode --model htdemucs_ft": (2, "cannot download Demucs model 'htdemucs_ft'"),
+    "separator models pull model_bs_roformer_ep_317_sdr_12.9755": (2, "model_bs_roformer_ep_317_sdr_12.9755.ckpt"),
 }
 #: lines not run here: a Ray cluster is a machine of its own; `serve` runs for the SDK block
 NOT_RUN = ("--ray-address", "separator serve", "make ")
@@ -109,8 +110,9 @@ def test_command_line_and_python_examples(sandbox):
             assert proc.returncode == 0, proc.stderr
             ran += 1
     assert ran >= 5
-    assert (sandbox / "out" / "song" / "vocals.mp3").is_file()
-    assert (sandbox / "separated" / "video" / "vocals.flac").is_file()
+    assert (sandbox / "out" / "spleeter-2stems" / "song" / "vocals.mp3").is_file()
+    assert (sandbox / "separated" / "spleeter-2stems" / "video" / "vocals.flac").is_file()
+    assert (sandbox / "out" / "video.background.wav").is_file()
     assert (sandbox / "storage" / "test-1234567890" / "output" / "vocal.mp3").is_file()
 
 
@@ -159,3 +161,4 @@ def test_job_service_and_sdk_example(sandbox):
     finally:
         server.terminate()
         server.wait(timeout=30)
+

@@ -139,6 +139,21 @@ def test_chunking_is_msst_demix_exactly(num_overlap, batch_size):
             np.testing.assert_array_equal(expected[s], got[s].T, err_msg=f"length {n}, {s}")
 
 
+@pytest.mark.parametrize("num_overlap", [2, 4])
+def test_chunks_msst_throws_away_are_not_run(num_overlap):
+    """MSST runs every chunk that starts before the padded end; the ones starting in the end
+    padding only feed trimmed samples, and we skip them: num_overlap - 1 fewer chunks."""
+    cfg, sep = stand_in_separator(num_overlap, batch_size=1)
+    seen: list[int] = []
+    inner = sep.model.forward
+    sep.model.forward = lambda x: (seen.append(x.shape[0]), inner(x))[1]
+    n = 5 * CHUNK + 77
+    sep.separate(np.random.default_rng(1).standard_normal((n, 2)).astype(np.float32))
+    step = CHUNK // num_overlap
+    padded = n + 2 * (CHUNK - step)
+    assert sum(seen) == -(-padded // step) - (num_overlap - 1)
+
+
 def test_block_splits_do_not_matter():
     cfg, sep = stand_in_separator(num_overlap=4, batch_size=2)
     x = np.random.default_rng(0).standard_normal((3 * CHUNK + 123, 2)).astype(np.float32)

@@ -4,7 +4,7 @@
     report = run_batch(BatchOptions("music/", "separated/", Defaults(codec="mp3"), workers=2))
     print(report.totals)
 
-See :mod:`.plan` (sources, manifests), :mod:`.naming` (output templates), :mod:`.state`
+See :mod:`.plan` (sources, manifests), :mod:`separator.naming` (output templates), :mod:`.state`
 (resume), :mod:`.runner` (summary, exit statuses), :mod:`.worker` (what a worker runs); the
 workers themselves are :mod:`separator.workers`' pools.
 """
@@ -12,7 +12,7 @@ import importlib
 
 #: name -> the module that defines it (imported on first use: the command line's help needs
 #: none of them, and importing the runner brings in the whole request layer)
-_NAMES = {"DEFAULT_TEMPLATE": "naming", "MEDIA_EXTENSIONS": "plan", "BatchItem": "plan", "Defaults": "plan",
+_NAMES = {"MEDIA_EXTENSIONS": "plan", "BatchItem": "plan", "Defaults": "plan",
           "Plan": "plan", "build_plan": "plan", "BatchError": "runner", "BatchOptions": "runner",
           "BatchReport": "runner", "run_batch": "runner"}
 

@@ -52,7 +52,7 @@ from pathlib import Path
 from ..codecs import DEFAULT_CODEC, get_codec
 from ..errors import CIError
 from ..request.model import AudioConfig
-from .naming import DEFAULT_TEMPLATE, check_template, render
+from ..naming import DEFAULT_TEMPLATE, check_template, render
 
 #: Extensions treated as media when SOURCE is a folder (lower case, without the dot).
 MEDIA_EXTENSIONS = frozenset("""
@@ -237,8 +237,9 @@ def _settings_key(mode: str, cfg: dict, model: str, model_options: dict, targets
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _check_settings(mode: str, cfg: AudioConfig, model: str | None) -> tuple[tuple[str, ...], str, str]:
-    """Validate; return (roles, ext, resolved model name)."""
+def _check_settings(mode: str, cfg: AudioConfig, model: str | None,
+                    model_dir: str | None = None) -> tuple[tuple[str, ...], str, str, str]:
+    """Validate; return (roles, ext, the model as given or the default, its name for {model})."""
     from ..core import registry
     from ..protocol import roles_for_mode
     from ..request.parse import check_audio_config
@@ -249,9 +250,8 @@ def _check_settings(mode: str, cfg: AudioConfig, model: str | None) -> tuple[tup
     except KeyError:
         raise CIError("InvalidArgument", f"codec {cfg.codec!r} is not one of aac, mp3, flac, amr, wav") from None
     check_audio_config(cfg, mode, "AudioConfig")
-    name = model or registry.default_model(mode)
-    registry.get_spec(name)
-    return roles, ext, name
+    name = model or registry.default_model(mode, model_dir)
+    return roles, ext, name, registry.get_spec(name, model_dir).name
 
 
 def _cfg_dict(cfg: AudioConfig) -> dict:
@@ -266,14 +266,14 @@ def _make_item(index: int, path: Path, rel: str, rel_dir: str, output_root: Path
                       samplerate=_int(row, "samplerate") if "samplerate" in row else d.samplerate,
                       bitrate=_int(row, "bitrate") if "bitrate" in row else d.bitrate,
                       channels=_int(row, "channels") if "channels" in row else d.channels)
-    roles, ext, model = _check_settings(mode, cfg, row.get("model") or d.model)
+    roles, ext, model, label = _check_settings(mode, cfg, row.get("model") or d.model, d.model_options.get("model_dir"))
     if request_targets is not None:
         targets = {r: str(output_root / k) for r, k in request_targets.items()}
     else:
         template = check_template(row.get("output") or d.template, roles)
         targets = {r: str(output_root / render(template, rel_dir=rel_dir, name=path.stem,
                                                input_ext=path.suffix[1:], role=r, ext=ext,
-                                               model=model, mode=mode))
+                                               model=label, mode=mode))
                    for r in roles}
     cfg_d = _cfg_dict(cfg)
     return BatchItem(index=index, input=str(path), rel=rel, mode=mode, audio_config=cfg_d, model=model,
@@ -330,7 +330,7 @@ def build_plan(source: str | os.PathLike, output_root: str | os.PathLike, defaul
 
     # Validate the command line's own settings once, so that a bad --codec is a usage error.
     _check_settings(d.mode, AudioConfig(codec=d.codec, samplerate=d.samplerate, bitrate=d.bitrate,
-                                        channels=d.channels), d.model)
+                                        channels=d.channels), d.model, d.model_options.get("model_dir"))
     from ..protocol import roles_for_mode
     check_template(d.template, roles_for_mode(d.mode))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..batch.naming import DEFAULT_TEMPLATE
+from ..naming import DEFAULT_TEMPLATE
 from .options import EXIT_USAGE, add_mode_arg, add_model_args, model_options
 
 DESCRIPTION = f"""\
@@ -17,9 +17,10 @@ template), mode, codec, samplerate, bitrate, channels, model, or request (a clou
 VoiceSeparate request document, inline or a file path, whose Output keys name the outputs).
 
 Outputs are named by --name-template (default '{DEFAULT_TEMPLATE}'), relative to OUTPUT, with
-{{rel_dir}} (the input's folder relative to SOURCE), {{name}} (input file name without extension),
-{{input_ext}}, {{stem}} or {{role}} (vocals, background, bass, drums), {{ext}} (the codec's
-extension: m4a for aac), {{model}} and {{mode}}.
+{{rel_dir}} (the input's folder relative to SOURCE), {{name}} or {{track}} (input file name without
+extension), {{input_ext}}, {{stem}} (vocals, background; in MusicMode vocals, other, bass, drums),
+{{role}} (the protocol's: vocals, background, bass, drums), {{ext}} (the codec's extension: m4a for
+aac), {{model}} and {{mode}}.
 
 Resumable: OUTPUT/.separator-batch.jsonl records each finished input with its outputs' sizes
 and MD5s; running the same command again skips inputs whose outputs are complete and verified,

@@ -8,16 +8,10 @@ import sys
 
 def _rows(model_dir: str | None) -> list[dict]:
     from ..core import registry
-    from ..core.demucs.repo import list_installed
+    return [row.as_dict() for row in registry.listings(model_dir)]
 
-    rows = []
-    for spec in registry.list_models():
-        if spec.family == "spleeter":
-            rows.append({"name": spec.name, "family": spec.family, "sources": list(spec.sources),
-                         "installed": True, "size_mb": None, "location": spec.weights,
-                         "origin": "bundled"})
-    rows.extend(m.as_dict() for m in list_installed(model_dir))
-    return rows
+
+USES = (("IsAudio, IsBackground, AudioAndBackground", "AudioAndBackground"), ("MusicMode", "MusicMode"))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -27,42 +21,66 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    defaults = {default_model(m, args.model_dir) for m in ("AudioAndBackground", "MusicMode")}
-    print(f"{'model':26s} {'stems':38s} {'installed':9s} {'MB':>7s}  where")
+    defaults = {use: default_model(mode, args.model_dir) for use, mode in USES}
+    installed = {r["name"] for r in rows if r["installed"]}
+    width = max(26, *(len(r["name"]) + 1 for r in rows))
+    sw = max(12, *(len(",".join(r["sources"])) for r in rows))
+    print(f"{'model':{width}s} {'family':9s} {'stems':{sw}s} {'installed':9s} {'MB':>7s}  where")
     for r in rows:
-        mark = "*" if r["name"] in defaults and r["installed"] else " "
+        mark = "*" if r["name"] in defaults.values() and r["installed"] else " "
         size = f"{r['size_mb']:.1f}" if r.get("size_mb") else "-"
-        print(f"{mark}{r['name']:25s} {','.join(r['sources']) or '?':38s} "
+        print(f"{mark}{r['name']:{width - 1}s} {r['family']:9s} {','.join(r['sources']) or '?':{sw}s} "
               f"{'yes' if r['installed'] else 'no':9s} {size:>7s}  {r['location']}")
-    print("\n* = used by default (best installed for vocals/background, and for MusicMode)")
+    print("\n* = used when a job names no model:")
+    for use, name in defaults.items():
+        note = "" if name in installed else " (not installed: jobs in this mode fail until it is pulled)"
+        print(f"  {use}: {name}{note}")
     return 0
 
 
-def cmd_pull(args: argparse.Namespace) -> int:
-    from ..core.demucs.repo import pull
+def _repo_of(name: str):
+    from ..core import registry
+    from ..errors import ModelUnavailable
 
-    for path in pull(args.name, args.model_dir, progress=sys.stderr.isatty(), force=args.force):
+    repos = registry.weight_repos()
+    for repo in repos.values():
+        if name in repo.catalogue_names():
+            return repo
+    known = sorted(n for repo in repos.values() for n in repo.catalogue_names())
+    raise ModelUnavailable(f"no model {name!r} to download; known models: {', '.join(known)} "
+                           "(`separator models list` shows them)")
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    repo = _repo_of(args.name)
+    for path in repo.pull(args.name, args.model_dir, progress=sys.stderr.isatty(), force=args.force):
         print(path)
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ..core.demucs.repo import verify
+    from ..core import registry
 
-    checks = verify(args.model_dir, args.names or None)
+    if args.names:
+        by_repo: dict = {}
+        for name in args.names:
+            by_repo.setdefault(_repo_of(name), []).append(name)
+        checks = [c for repo, names in by_repo.items() for c in repo.verify(args.model_dir, names)]
+    else:
+        checks = [c for repo in registry.weight_repos().values() for c in repo.verify(args.model_dir, None)]
     for c in checks:
         print(f"{c.status:10s} {c.path.name}  {c.detail}")
-    bad = [c for c in checks if not c.ok]
     if not checks:
-        print("no Demucs weights installed")
-    return 1 if bad else 0
+        print("no downloaded model weights installed (the bundled spleeter-2stems needs none)")
+    return 1 if any(not c.ok for c in checks) else 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list, download and verify separation models",
-                       description="Models: the bundled spleeter-2stems (always installed) and the "
-                       "Demucs family, whose weights live in a local model directory "
-                       "($SEPARATOR_MODEL_DIR, default ~/.cache/separator/models).")
+                       description="Models: the bundled spleeter-2stems (always installed), and the "
+                       "Demucs and RoFormer families, whose weights live in a local model directory "
+                       "($SEPARATOR_MODEL_DIR, default ~/.cache/separator/models; RoFormer "
+                       "checkpoints in its roformer/ folder).")
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
 
     def common(q: argparse.ArgumentParser) -> None:
@@ -78,7 +96,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         description="Download NAME's weight files into the model directory and check "
                         "their checksums. Offline it fails at once and says which files to copy where.")
     common(q)
-    q.add_argument("name", help="model name, e.g. htdemucs")
+    q.add_argument("name", help="model name, e.g. htdemucs or model_bs_roformer_ep_317_sdr_12.9755")
     q.add_argument("--force", action="store_true", help="download again even if present")
     q.set_defaults(func=cmd_pull)
 

@@ -27,6 +27,7 @@ class ModelSpec:
     audio_channels: int        # the channel count the model runs with
     description: str
     weights: str               # where the weights come from
+    location: str | None = None  # a model outside the model directory: the file it was named by
 
 
 @dataclass(frozen=True)

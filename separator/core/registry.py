@@ -7,7 +7,13 @@ exposes
   no weights; with ``include_local``, also models found only in the local model directory);
 * ``installed(model_dir=None) -> set[str]``: the names whose weights are on this machine
   (cheap: file names only);
-* ``load(spec, device, **options) -> LoadedModel``: a model ready to run.
+* ``load(spec, device, **options) -> LoadedModel``: a model ready to run;
+* ``listing(model_dir=None) -> list[InstalledModel]``: the rows ``separator models list``
+  shows, installed or not;
+
+and, when its weights are downloaded rather than bundled, a ``repo`` module with
+``catalogue_names()``, ``pull(name, model_dir, progress=, force=)`` and ``verify(model_dir,
+names)`` (see :func:`weight_repos`).
 
 A new family is one new folder plus an entry in :data:`FAMILIES` (and its rows in
 :data:`PREFERENCE` if it should ever be a default).  The pipeline only calls
@@ -21,44 +27,54 @@ out is freed once the jobs still running it are done.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 
 from ..errors import CIError, ModelUnavailable
-from . import demucs, spleeter
+from . import demucs, roformer, spleeter
 from .base import LoadedModel, ModelSpec
+from .weights import InstalledModel
 
 log = logging.getLogger(__name__)
 
 Factory = Callable[..., LoadedModel]
 
 #: the model families, in listing order
-FAMILIES = (spleeter, demucs)
+FAMILIES = (spleeter, demucs, roformer)
 
 DEFAULT_MODEL = spleeter.SPEC.name
 
 #: The one preference table.  Per use, a job that names no model gets the installed model with
 #: the best rank in that use's column (1 = best; None: never that use's default).
-#: Vocals/background: the strongest installed Demucs model, else the bundled model (always
-#: installed); htdemucs_6s, demucs' experimental 6-source model, comes after every 4-stem one.
-#: MusicMode needs separate bass and drums: Demucs only, htdemucs_6s after the two htdemucs.
-#: Listing order (:func:`list_models`) follows the rows.
+#: Vocals/background: the strongest installed RoFormer vocal model (the published SDRs put them
+#: 3-4 dB above htdemucs_ft), then any other RoFormer model with vocals installed in the model
+#: directory (the ``roformer:*`` row), then the strongest Demucs model, else the bundled model
+#: (always installed); htdemucs_6s, demucs' experimental 6-source model, comes after every
+#: 4-stem one.  MusicMode needs separate bass and drums: an installed RoFormer with those stems,
+#: then Demucs, htdemucs_6s after the two htdemucs.  Listing order (:func:`list_models`)
+#: follows the rows.
 PREFERENCE: tuple[tuple[str, int | None, int | None], ...] = (
-    # name              vocals/background  MusicMode
-    ("htdemucs_ft",     1,                 1),
-    ("htdemucs",        2,                 2),
-    ("htdemucs_6s",     8,                 3),
-    ("hdemucs_mmi",     3,                 4),
-    ("mdx_extra",       4,                 5),
-    ("mdx",             5,                 6),
-    ("mdx_extra_q",     6,                 7),
-    ("mdx_q",           7,                 8),
-    (DEFAULT_MODEL,     9,                 None),
+    # name                                          vocals/background  MusicMode
+    ("model_bs_roformer_ep_317_sdr_12.9755",       1,                 None),
+    ("vocals_mel_band_roformer_kj",                2,                 None),
+    ("model_mel_band_roformer_ep_3005_sdr_11.4360", 3,                None),
+    ("roformer:*",                                 4,                 1),
+    ("htdemucs_ft",                                5,                 2),
+    ("htdemucs",                                   6,                 3),
+    ("htdemucs_6s",                                12,                4),
+    ("hdemucs_mmi",                                7,                 5),
+    ("mdx_extra",                                  8,                 6),
+    ("mdx",                                        9,                 7),
+    ("mdx_extra_q",                                10,                8),
+    ("mdx_q",                                      11,                9),
+    (DEFAULT_MODEL,                                13,                None),
 )
 
 ENV_MODEL_CACHE = "SEPARATOR_MODEL_CACHE"
@@ -97,10 +113,18 @@ def list_models() -> list[ModelSpec]:
 
 
 def get_spec(name: str, model_dir: str | None = None) -> ModelSpec:
-    """The spec of ``name``: a registered model, or one found in a family's local model folder."""
+    """The spec of ``name``: a registered model, a model file a family recognises by its path
+    (``path/to/<name>.yaml`` for RoFormer), or one found in a family's local model folder."""
     spec = _SPECS.get(name)
     if spec is not None:
         return spec
+    for family in FAMILIES:
+        from_path = getattr(family, "spec_for_path", None)
+        found = from_path(name) if from_path is not None else None
+        if found is not None:
+            _SPECS[name] = found
+            _FACTORIES[name] = family.load
+            return found
     for family in FAMILIES:
         try:
             for local in family.specs(model_dir, include_local=True):
@@ -111,6 +135,23 @@ def get_spec(name: str, model_dir: str | None = None) -> ModelSpec:
             pass
     raise CIError("InvalidArgument", f"unknown model {name!r}; known models: "
                   f"{', '.join(s.name for s in list_models())}", resource="Model")
+
+
+def listings(model_dir: str | None = None) -> list[InstalledModel]:
+    """Every model of every family, installed or not (cheap: file names and sizes)."""
+    return [row for family in FAMILIES for row in family.listing(model_dir)]
+
+
+def weight_repos() -> dict[str, ModuleType]:
+    """Family name -> its ``repo`` module, for the families whose weights are downloaded."""
+    out = {}
+    for family in FAMILIES:
+        try:
+            out[family.FAMILY] = importlib.import_module(".repo", family.__name__)
+        except ModuleNotFoundError as err:
+            if err.name != f"{family.__name__}.repo":
+                raise
+    return out
 
 
 def installed_models(model_dir: str | None = None) -> set[str]:
@@ -125,17 +166,31 @@ def installed_models(model_dir: str | None = None) -> set[str]:
 
 
 def default_model(mode: str | None = None, model_dir: str | None = None) -> str:
-    """The model used when a job names none: the best installed one for ``mode``.
+    """The model used when a job names none: the best installed one for ``mode`` (a
+    ``family:*`` row of :data:`PREFERENCE` stands for any other installed model of that family
+    with the stems the mode needs).
 
     MusicMode with no 4-stem model installed still returns the best 4-stem name, so that
     loading it fails with a message saying how to install it.
     """
     installed = installed_models(model_dir)
-    order = _order(2 if mode == "MusicMode" else 1)
-    for name in order:
-        if name in installed and name in _SPECS:
+    music = mode == "MusicMode"
+    needed = {"vocals", "bass", "drums"} if music else {"vocals"}
+    named = {row[0] for row in PREFERENCE}
+    for name in _order(2 if music else 1):
+        if name.endswith(":*"):
+            family = name[:-2]
+            for other in sorted(installed - named):
+                try:
+                    spec = get_spec(other, model_dir)
+                except CIError:
+                    continue
+                if spec.family == family and needed <= set(spec.sources):
+                    return other
+        elif name in installed and name in _SPECS:
             return name
-    return order[0] if mode == "MusicMode" else DEFAULT_MODEL
+    order = [n for n in _order(2 if music else 1) if not n.endswith(":*")]
+    return order[0] if music else DEFAULT_MODEL
 
 
 def resolve_device(device: str | None) -> str:
@@ -180,7 +235,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, **options) 
     while it is among the :func:`cache_size` most recently used."""
     spec = get_spec(name, options.get("model_dir"))
     dev = resolve_device(device)
-    key = (name, dev, tuple(sorted(options.items())))
+    key = (spec.location or name, dev, tuple(sorted(options.items())))
     with _LOCK:
         model = _LOADED.pop(key, None)
         if model is None:

@@ -16,9 +16,13 @@ import codecs
 import logging
 import os
 import pickle
+import socket
 import tempfile
+import threading
+import urllib.parse
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,128 @@ from ..errors import ModelUnavailable
 from ..filehash import file_digest
 
 log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- where weights live
+
+ENV_MODEL_DIR = "SEPARATOR_MODEL_DIR"
+#: Set to 1 to never touch the network (pulls and automatic downloads fail at once).
+ENV_OFFLINE = "SEPARATOR_OFFLINE"
+CONNECT_TIMEOUT_S = 3.0
+DOWNLOAD_TIMEOUT_S = 60.0
+
+
+def model_dir(override: str | os.PathLike | None = None) -> Path:
+    """The model directory: ``override`` > ``$SEPARATOR_MODEL_DIR`` >
+    ``$XDG_CACHE_HOME/separator/models`` > ``~/.cache/separator/models``."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get(ENV_MODEL_DIR)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "separator" / "models"
+
+
+
+def unreachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """None when ``url`` can be fetched now (a local ``file:`` URL, or a host that accepts a TCP
+    connection within ``timeout`` seconds), else a short reason.  ``$SEPARATOR_OFFLINE`` makes
+    every network URL unreachable.  DNS resolution runs in a thread so it cannot hang us."""
+    if urllib.parse.urlsplit(url).scheme == "file":
+        return None
+    if os.environ.get(ENV_OFFLINE, "").strip() not in ("", "0"):
+        return f"{ENV_OFFLINE} is set"
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    result: list[str | None] = []
+
+    def attempt():
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(None)
+        except OSError as exc:
+            result.append(f"cannot reach {host}:{port} ({exc.__class__.__name__}: {exc})")
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    if not result:
+        return f"cannot reach {host}:{port} (timed out after {timeout:g}s)"
+    return result[0]
+
+
+@dataclass
+class FileCheck:
+    """One weight file checked: ``status`` ok | missing | corrupt | truncated | unreadable |
+    unchecked (present, but nothing to check it against)."""
+    path: Path
+    status: str
+    detail: str = ""
+    expected: str | None = None     # the digest (or digest prefix) it should have
+    actual: str | None = None       # what its bytes hash to (None: not read)
+    size: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "unchecked")
+
+
+@dataclass
+class InstalledModel:
+    """A row of ``separator models list``: a model of some family, installed or not."""
+    name: str
+    family: str
+    sources: tuple[str, ...]
+    installed: bool
+    size_mb: float | None               # on-disk size of its weight files when installed
+    location: str                       # the folder, or where to get it
+    origin: str                         # "bundled" | "catalogue" | "local"
+    description: str = ""
+    missing: list[str] = field(default_factory=list)
+    requires: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name, "family": self.family, "sources": list(self.sources),
+            "installed": self.installed, "size_mb": self.size_mb, "location": self.location,
+            "origin": self.origin, "description": self.description, "missing": list(self.missing),
+            "requires": list(self.requires),
+        }
+
+
+def download(url: str, dest: Path, *, sha256: str | None = None, progress: bool = False) -> str:
+    """Fetch ``url`` (http(s) or ``file:``) to ``dest``: streamed to ``dest.part``, hashed on
+    the way, checked against ``sha256`` when given, then renamed into place.  Returns the
+    sha256.  A failure or a Ctrl-C leaves neither file; a wrong digest is ``ModelUnavailable``."""
+    import hashlib
+    import urllib.request
+
+    part = dest.with_name(dest.name + ".part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            bar = None
+            if progress:
+                from tqdm import tqdm
+                bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=dest.name, leave=False)
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+            if bar is not None:
+                bar.close()
+        got = digest.hexdigest()
+        if sha256 and got != sha256.lower():
+            raise ModelUnavailable(f"{url} is not the published file: sha256 {got[:16]}…, expected "
+                                   f"{sha256[:16]}…; nothing was installed")
+        os.replace(part, dest)
+        return got
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _numpy_safe_globals() -> list:
@@ -131,4 +257,5 @@ def write_cached(path: Path, state: Mapping[str, np.ndarray]) -> None:
         log.info("could not cache converted weights at %s: %s", path, exc)
 
 
-__all__ = ["cache_dir", "load_numpy_checkpoint", "read_cached", "sha256", "validate_state", "write_cached"]
+__all__ = ["ENV_MODEL_DIR", "ENV_OFFLINE", "FileCheck", "InstalledModel", "cache_dir", "download",
+           "model_dir", "unreachable", "load_numpy_checkpoint", "read_cached", "sha256", "validate_state", "write_cached"]

@@ -1,7 +1,10 @@
-"""The separation engine: one input file in, one encoded file per requested role out.
+"""The separation engine: one input in, one output per requested role out.
 
 ``decode (ffmpeg) → model.separate_stream (chunked) → combine into roles → encode (ffmpeg)``,
 streamed block by block, so memory is bounded by the model's chunk and not by the input.
+The input is a file (:class:`FileInput`) or audio already in memory (:class:`ArrayInput`,
+resampled by the same ffmpeg filters a file would be); the outputs are encoded files
+(:func:`separate_file`) or arrays at the input's rate (:func:`separate_audio`).
 
 * **Channels.** The model hears one channel group of the input at a time
   (:mod:`separator.media.layout`): a stereo or mono input is one group; a 5.1 input is its
@@ -13,12 +16,19 @@ streamed block by block, so memory is bounded by the model's chunk and not by th
   have been encoded successfully are they renamed into place.  A bad input, a model error, an
   encoder error or a Ctrl-C therefore leaves nothing behind: no partial file, and no folder
   this job created.  No output may be the input itself.
+* **Clipping.** A file of integer samples (or a lossy one) cannot hold a stem past full scale.
+  ``clip_mode="clamp"`` (the default) clips those samples, so the outputs keep the input's
+  level and are encoded while they are separated; ``"rescale"`` scales all the stems of a job
+  by one factor so that none clips and they still sum to the scaled input: they are spooled
+  (float, on disk) while encoded, and encoded again from the spool when a peak passed full
+  scale.  Float wav holds every value as it is.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -29,8 +39,11 @@ from pathlib import Path
 import numpy as np
 
 from ..core import registry
-from ..errors import CIError
+from ..core.base import LoadedModel
+from ..errors import CIError, invalid_argument
 from ..media import Encoder, EncodeSettings, MediaProbe, decode_stream, probe, resolve_encoding
+from ..media.probe import AudioStream
+from ..media.resample import resample_stream
 from ..media.layout import ChannelGroup, channel_groups, channel_names, downmix_matrix, layout_name
 from ..request.model import AudioConfig
 from ..storage import atomic_file
@@ -41,6 +54,9 @@ from .roles import check_model_supports, combine
 log = logging.getLogger(__name__)
 
 Progress = Callable[[float, float], None]  # (seconds of audio separated, seconds in all)
+
+BLOCK_FRAMES = 1 << 18         # an in-memory input goes to the model in blocks of this many frames
+CLIP_MODES = ("clamp", "rescale")
 
 
 def _in_thread(fn: Callable, *args) -> Future:
@@ -91,6 +107,78 @@ class Decoded:
 
     def __iter__(self):
         return decode_stream(self.path, self.samplerate, self.channels, info=self.info, pick=self.pick)
+
+
+class FileInput:
+    """A media file: ffprobe runs on a thread beside the model's start (it is needed only by
+    the encoders, and by an input that is not stereo, whose streams are then started again);
+    ffmpeg decodes it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self.probing = _in_thread(probe, path)
+
+    def info_ahead(self) -> MediaProbe | _ProbeAhead:
+        return _ProbeAhead(self.probing)
+
+    def info(self) -> MediaProbe:
+        """The probe (``InputError`` for a missing or non-media file)."""
+        return self.probing.result()
+
+    @property
+    def duration(self) -> float | None:
+        if self.probing.done() and self.probing.exception() is None:
+            return self.probing.result().duration
+        return None
+
+    def decoded(self, info, samplerate: int, channels: int, pick: tuple[int, ...] | None):
+        return Decoded(self.path, samplerate, channels, info, pick)
+
+
+@dataclass(frozen=True)
+class _ArrayStream:
+    """Channels of an in-memory input at the model's rate (re-iterable, like :class:`Decoded`)."""
+
+    audio: np.ndarray
+    rate: int
+    samplerate: int
+    pick: tuple[int, ...] | None
+
+    def __iter__(self):
+        pieces = (self.audio[at:at + BLOCK_FRAMES] for at in range(0, len(self.audio), BLOCK_FRAMES))
+        return resample_stream(pieces, self.rate, self.audio.shape[1], self.samplerate, pick=self.pick)
+
+
+class ArrayInput:
+    """Audio already in memory: ``(frames, channels)`` float32 at ``samplerate``.  Past two
+    channels, ``layout`` names them (ffmpeg's names, e.g. ``5.1``; default: ffmpeg's layout for
+    the count).  It goes to the model through the same ffmpeg filters a decoded file would."""
+
+    def __init__(self, audio: np.ndarray, samplerate: int, layout: str | None = None) -> None:
+        self.audio = audio
+        self.samplerate = int(samplerate)
+        channels = audio.shape[1]
+        self._info = MediaProbe(
+            path="<array>", size=audio.nbytes, duration=len(audio) / self.samplerate,
+            duration_estimated=False, format_name="array", format_long_name="audio in memory",
+            audio_streams=(AudioStream(0, "pcm_f32le", self.samplerate, channels,
+                                       layout or "", None, len(audio) / self.samplerate, "f32"),),
+            has_video=False)
+
+    def info_ahead(self) -> MediaProbe:
+        return self._info
+
+    def info(self) -> MediaProbe:
+        return self._info
+
+    @property
+    def duration(self) -> float:
+        return self._info.duration
+
+    def decoded(self, info, samplerate: int, channels: int, pick: tuple[int, ...] | None):
+        if pick is None:
+            pick = tuple(range(self.audio.shape[1])) if self.audio.shape[1] == channels else (0,) * channels
+        return _ArrayStream(self.audio, self.samplerate, samplerate, pick)
 
 
 class Reblocker:
@@ -192,10 +280,10 @@ class _Streams:
     ``{role: (frames, input channels)}`` blocks.  Started once as for a stereo input (so the
     model starts while ffprobe still runs) and restarted when the probe says otherwise."""
 
-    def __init__(self, path: str | Path, loaded, mode: str, roles: tuple[str, ...],
-                 progress: Progress | None, probing: Future) -> None:
-        self.path, self.loaded, self.mode, self.roles = path, loaded, mode, roles
-        self.progress, self.probing = progress, probing
+    def __init__(self, inp: FileInput | ArrayInput, loaded, mode: str, roles: tuple[str, ...],
+                 progress: Progress | None) -> None:
+        self.input, self.loaded, self.mode, self.roles = inp, loaded, mode, roles
+        self.progress = progress
         self.groups: list[_GroupStream] = []
         self.names: tuple[str, ...] = ("FL", "FR")
         self.plan: tuple[ChannelGroup, ...] = ()
@@ -210,8 +298,8 @@ class _Streams:
         self.names, self.plan = _plan(source, mc)
         for group in self.plan:
             plain = group.pick == tuple(range(source.channels)) and len(group.pick) == mc
-            decoded = Decoded(self.path, sr, 1 if group.lfe else mc, source,
-                              None if plain else (group.channels if group.lfe else group.pick))
+            decoded = self.input.decoded(source, sr, 1 if group.lfe else mc,
+                                         None if plain else (group.channels if group.lfe else group.pick))
             self.groups.append(_GroupStream(self.loaded, decoded, group, self.roles, self.mode,
                                             self._on_progress))
         self._blocks = self._merged()
@@ -240,7 +328,7 @@ class _Streams:
                 return
             sizes = {None if g is None else _frames(g) for g in got}
             if len(sizes) != 1:
-                raise RuntimeError(f"channel groups of {self.path} decoded to different lengths")
+                raise RuntimeError("the channel groups of one input decoded to different lengths")
             n = sizes.pop()
             out = {r: np.empty((n, width), np.float32) for r in self.roles}
             for stream, block in zip(self.groups, got):
@@ -251,10 +339,11 @@ class _Streams:
     def _on_progress(self, frames: int) -> None:
         """Seconds of audio done (every channel group counts for its share) and in all."""
         self.done += frames
-        if self.progress and self.probing.done() and self.probing.exception() is None:
+        duration = self.input.duration
+        if self.progress and duration is not None:
             groups = sum(1 for g in self.plan if not g.lfe) or 1
             done = self.done / groups / self.loaded.samplerate
-            self.progress(done, max(self.probing.result().duration or 0.0, done))
+            self.progress(done, max(duration, done))
 
     def close(self) -> None:
         for g in self.groups:
@@ -269,6 +358,19 @@ class SeparationResult:
     source: MediaProbe
     settings: EncodeSettings
     outputs: dict[str, Path]              # role -> final path, vocals first
+    seconds: float = 0.0
+    #: the common factor the stems were scaled by (``clip_mode="rescale"``; 1.0: unchanged)
+    scale: float = 1.0
+
+
+@dataclass
+class SeparatedAudio:
+    """:func:`separate_audio`'s result: ``{role: (frames, channels) float32}`` at the input's
+    rate and channel count."""
+    model: str
+    device: str
+    samplerate: int
+    roles: dict[str, np.ndarray]
     seconds: float = 0.0
 
 
@@ -302,66 +404,142 @@ def check_outputs(input_path: str | Path, outputs: Mapping[str, Path]) -> None:
             raise CIError("InvalidArgument", f"cannot write the {role} output {path}: {problem}")
 
 
+def _start(inp: FileInput | ArrayInput, mode: str, roles: tuple[str, ...], model: str | LoadedModel | None,
+           device: str | None, progress: Progress | None, model_options: Mapping[str, object] | None,
+           settle: Callable[[MediaProbe], object] = lambda source: None):
+    """Load the model and run it up to its first output while the input is still being probed,
+    then ``settle(source)`` (the encoding settings, for a file) and start again if the input is
+    not the stereo it was assumed to be.  The input's own errors come first, as if it had been
+    probed first.  Returns (model name, loaded model, streams, source, settle's result)."""
+    streams: _Streams | None = None
+    try:
+        if isinstance(model, LoadedModel):       # a caller that keeps its model loaded
+            name, loaded = model.spec.name, model
+        else:
+            name = model or registry.default_model(mode)
+            loaded = registry.load_model(name, device=device, **dict(model_options or {}))
+        check_model_supports(mode, loaded.sources, name)
+        streams = _Streams(inp, loaded, mode, roles, progress)
+        streams.start(inp.info_ahead())
+        source = inp.info()
+        settled = settle(source)
+        streams.restart_for(source)
+    except BaseException as exc:
+        if streams is not None:
+            streams.close()
+        if isinstance(exc, Exception):      # not for Ctrl-C: that stays an interruption
+            settle(inp.info())
+        raise
+    return name, loaded, streams, source, settled
+
+
+def separate_audio(inp: FileInput | ArrayInput, *, mode: str = "AudioAndBackground",
+                   model: str | LoadedModel | None = None, device: str | None = None,
+                   progress: Progress | None = None,
+                   model_options: Mapping[str, object] | None = None) -> SeparatedAudio:
+    """Separate ``inp`` in memory: every role of ``mode`` as a float32 ``(frames, channels)``
+    array at the input's rate and with its channels (nothing clipped).  An array comes back
+    exactly as long as it went in; a file as long as ffmpeg decodes it at its own rate."""
+    started = time.perf_counter()
+    roles = roles_for_mode(mode)
+    name, loaded, streams, source, _ = _start(inp, mode, roles, model, device, progress, model_options)
+    parts: dict[str, list[np.ndarray]] = {r: [] for r in roles}
+    try:
+        for block in streams.blocks():
+            for r in roles:
+                parts[r].append(block[r])
+    finally:
+        streams.close()
+    width, rate, model_rate = len(streams.names), source.samplerate, loaded.samplerate
+    out: dict[str, np.ndarray] = {}
+    for r in roles:
+        audio = np.concatenate(parts.pop(r), axis=0) if parts.get(r) else np.zeros((0, width), np.float32)
+        if rate != model_rate:
+            audio = np.concatenate(list(resample_stream([audio], model_rate, width, rate)) or
+                                   [np.zeros((0, width), np.float32)], axis=0)
+        if isinstance(inp, ArrayInput):         # exactly the input's length
+            n = len(inp.audio)
+            audio = audio[:n] if len(audio) >= n else np.pad(audio, ((0, n - len(audio)), (0, 0)))
+        out[r] = np.ascontiguousarray(audio, dtype=np.float32)
+    return SeparatedAudio(name, loaded.device, rate, out, time.perf_counter() - started)
+
+
+class _Spool:
+    """The float stems of a job on disk, for a second encode (``clip_mode="rescale"``)."""
+
+    def __init__(self, roles: tuple[str, ...], width: int) -> None:
+        self.width = width
+        self.files = {r: tempfile.TemporaryFile(prefix="separator-spool-") for r in roles}
+        self.peak = 0.0
+
+    def write(self, role: str, audio: np.ndarray) -> None:
+        if len(audio):
+            self.peak = max(self.peak, float(np.nanmax(np.abs(audio))))
+            self.files[role].write(np.ascontiguousarray(audio, dtype="<f4").tobytes())
+
+    def read(self, role: str) -> Iterator[np.ndarray]:
+        fh = self.files[role]
+        fh.seek(0)
+        while chunk := fh.read(Encoder.PIECE_FRAMES * 4 * self.width):
+            yield np.frombuffer(chunk, dtype="<f4").reshape(-1, self.width)
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
+
+
 def separate_file(
     input_path: str | Path,
     targets: Mapping[str, str | Path],
     *,
     mode: str = "AudioAndBackground",
     audio_config: AudioConfig | None = None,
-    model: str | None = None,
+    model: str | LoadedModel | None = None,
     device: str | None = None,
     progress: Progress | None = None,
     model_options: Mapping[str, object] | None = None,
+    clip_mode: str = "clamp",
 ) -> SeparationResult:
     """Separate ``input_path`` and write each role of ``mode`` to ``targets[role]``.
 
     ``targets`` may name more roles than the mode produces: the extra ones are ignored
-    (a mode writes only what it produces).  Raises :class:`~separator.errors.CIError`
-    for every user-caused failure; nothing is written in that case.
+    (a mode writes only what it produces).  ``clip_mode``: see the module doc.  Raises
+    :class:`~separator.errors.CIError` for every user-caused failure; nothing is written in
+    that case.
     """
     started = time.perf_counter()
+    if clip_mode not in CLIP_MODES:
+        raise invalid_argument(f"clip mode {clip_mode!r} is not one of {', '.join(CLIP_MODES)}",
+                               resource="clip_mode")
     roles = _roles_to_write(mode, targets)
     final = {r: Path(targets[r]) for r in roles}
     check_outputs(input_path, final)
     cfg = audio_config or AudioConfig()
-    # ffprobe (mostly loading its libraries) runs beside the model load, the first
-    # decode and the model's first chunk: the probe is needed only by the encoders (and by an
-    # input that is not stereo, whose streams are then started again).  The input's own
-    # errors still come first, as if it had been probed first.
-    probing = _in_thread(probe, input_path)
 
-    def checked_input() -> tuple[MediaProbe, EncodeSettings]:
-        source = probing.result()                    # InputError for a missing / non-media file
-        return source, resolve_encoding(cfg.codec, cfg.samplerate, cfg.bitrate, cfg.channels,
-                                        source=source, music_mode=(mode == "MusicMode"),
-                                        sample_format=cfg.sample_format)
+    def settings_for(source: MediaProbe) -> EncodeSettings:
+        return resolve_encoding(cfg.codec, cfg.samplerate, cfg.bitrate, cfg.channels, source=source,
+                                music_mode=(mode == "MusicMode"), sample_format=cfg.sample_format)
 
-    streams: _Streams | None = None
-    try:
-        name = model or registry.default_model(mode)
-        loaded = registry.load_model(name, device=device, **dict(model_options or {}))
-        check_model_supports(mode, loaded.sources, name)
-        streams = _Streams(input_path, loaded, mode, roles, progress, probing)
-        streams.start(_ProbeAhead(probing))
-        source, settings = checked_input()
-        streams.restart_for(source)
-    except BaseException as exc:
-        if streams is not None:
-            streams.close()
-        if isinstance(exc, Exception):      # not for Ctrl-C: that stays an interruption
-            checked_input()
-        raise
-
+    name, loaded, streams, source, settings = _start(FileInput(input_path), mode, roles, model, device,
+                                                      progress, model_options, settings_for)
     names = streams.names
     mix = downmix_matrix(names, settings.channels).T if len(names) > 2 and settings.channels < 3 else None
     width = settings.channels if mix is not None else len(names)
     in_layout = layout_name(names) if width > 2 else None
+    spool = _Spool(roles, width) if clip_mode == "rescale" and not settings.floating else None
+    scale = 1.0
     with contextlib.ExitStack() as stack:
         stack.callback(streams.close)
+        if spool is not None:
+            stack.callback(spool.close)
         stack.enter_context(created_folders(final.values()))
         tmp = {r: stack.enter_context(atomic_file(final[r])) for r in roles}
-        encoders = {r: stack.enter_context(Encoder(tmp[r], settings, loaded.samplerate, width, in_layout))
+
+        def open_encoders() -> dict[str, Encoder]:
+            return {r: stack.enter_context(Encoder(tmp[r], settings, loaded.samplerate, width, in_layout))
                     for r in roles}
+
+        encoders = open_encoders()
         for block in streams.blocks():
             if mix is not None:
                 block = {r: a @ mix for r, a in block.items()}
@@ -369,7 +547,19 @@ def separate_file(
             # piece by piece, in turn: every encoder gets work while the others' queues are full
             for at in range(0, frames, Encoder.PIECE_FRAMES):
                 for role, audio in block.items():
-                    encoders[role].write(audio[at:at + Encoder.PIECE_FRAMES])
+                    piece = audio[at:at + Encoder.PIECE_FRAMES]
+                    encoders[role].write(piece)
+                    if spool is not None:
+                        spool.write(role, piece)
+        if spool is not None and spool.peak > 1.0:
+            # a stem passed full scale: encode the spooled stems again, all scaled alike
+            for enc in encoders.values():
+                enc.abort()
+            scale = 1.0 / spool.peak
+            encoders = open_encoders()
+            for role in roles:
+                for piece in spool.read(role):
+                    encoders[role].write(piece * scale)
         # Close (and check) every encoder *inside* the stack, so that one failing encoder
         # removes all temporaries before any of them is renamed into place.
         for enc in encoders.values():
@@ -377,4 +567,4 @@ def separate_file(
     seconds = time.perf_counter() - started
     log.info("separated %s (%.1f s of audio) with %s on %s in %.2f s", input_path,
              source.duration or 0.0, name, loaded.device, seconds)
-    return SeparationResult(name, loaded.device, source, settings, final, seconds)
+    return SeparationResult(name, loaded.device, source, settings, final, seconds, scale)

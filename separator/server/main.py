@@ -66,7 +66,7 @@ def check_models(cfg: ServerConfig, source: str | None) -> None:
     if not cfg.models:
         return
     from ..core import registry
-    from ..core.demucs.repo import demucs_repo
+    from ..core.weights import model_dir as weights_dir
     from ..errors import CIError
 
     model_dir = cfg.engine_options.get("model_dir")
@@ -74,14 +74,14 @@ def check_models(cfg: ServerConfig, source: str | None) -> None:
     installed = registry.installed_models(model_dir)
     for mode, name in cfg.models.items():
         try:
-            registry.get_spec(name, model_dir)
+            spec = registry.get_spec(name, model_dir)
         except CIError as err:
             raise ConfigError(f"{source}: models.{mode}: {err.message}") from None
-        if name not in installed:
+        if name not in installed and not spec.location:     # a config path names files that exist
             log.warning("model %s (pinned for %s in [models] of %s) is not installed, so %s jobs will "
                         "fail: run `separator models pull %s` (needs network), or copy its files into "
-                        "%s/ (`separator models list` names them)", name, mode, source, mode, name,
-                        demucs_repo(model_dir))
+                        "the model directory %s (`separator models list` names them)", name, mode, source, mode,
+                        name, weights_dir(model_dir))
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:

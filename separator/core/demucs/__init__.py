@@ -15,6 +15,7 @@ import os
 from separator.errors import ModelUnavailable, invalid_argument
 
 from ..base import ModelSpec
+from ..weights import InstalledModel
 from . import repo
 from .catalogue import demucs_catalogue
 from .loader import local_meta, resolve_repo
@@ -49,6 +50,11 @@ def installed(model_dir: str | os.PathLike | None = None) -> set[str]:
     return {m.name for m in repo.list_installed(model_dir) if m.installed}
 
 
+def listing(model_dir: str | os.PathLike | None = None) -> list[InstalledModel]:
+    """The rows of ``separator models list``: every catalogued model, and local bags."""
+    return repo.list_installed(model_dir)
+
+
 def load(spec: ModelSpec, device: str, **options) -> DemucsModel:
     """Registry factory: ``spec`` on ``device`` with the engine's knobs (see :func:`load_demucs`)."""
     if options.pop("wiener", None) not in (None, False):
@@ -57,5 +63,5 @@ def load(spec: ModelSpec, device: str, **options) -> DemucsModel:
     return load_demucs(spec.name, device, spec=spec, **options)
 
 
-__all__ = ["DemucsModel", "FAMILY", "MixStats", "installed", "load", "load_demucs", "mix_stats",
+__all__ = ["DemucsModel", "FAMILY", "MixStats", "installed", "listing", "load", "load_demucs", "mix_stats",
            "resolve_repo", "specs"]

@@ -20,41 +20,21 @@ files to copy and where.
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import urllib.parse
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from separator.errors import ModelUnavailable
 
-from ...filehash import file_digest
+from ..weights import (ENV_MODEL_DIR, ENV_OFFLINE, FileCheck, InstalledModel,  # noqa: F401 - shared
+                       model_dir, sha256, unreachable)
 from .catalogue import DEMUCS_URL_ROOT, CatalogueModel, WeightFile, demucs_catalogue
 
-ENV_MODEL_DIR = "SEPARATOR_MODEL_DIR"
 #: Replaces https://dl.fbaipublicfiles.com/demucs/ (an internal mirror, or a dead address in tests).
 ENV_DEMUCS_MIRROR = "SEPARATOR_DEMUCS_MIRROR"
-#: Set to 1 to never touch the network (pull and auto-download fail at once).
-ENV_OFFLINE = "SEPARATOR_OFFLINE"
 
-CONNECT_TIMEOUT_S = 3.0
 
 
 # --------------------------------------------------------------------------- locations
-
-def model_dir(override: str | os.PathLike | None = None) -> Path:
-    """The model directory: ``override`` > ``$SEPARATOR_MODEL_DIR`` >
-    ``$XDG_CACHE_HOME/separator/models`` > ``~/.cache/separator/models``."""
-    if override:
-        return Path(override).expanduser()
-    env = os.environ.get(ENV_MODEL_DIR)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "separator" / "models"
-
 
 def demucs_repo(root: str | os.PathLike | None = None) -> Path:
     """The demucs local repo inside the model directory (see module doc)."""
@@ -74,10 +54,6 @@ def _url(f: WeightFile) -> str:
 
 # --------------------------------------------------------------------------- checks
 
-def sha256_file(path: Path) -> str:
-    return file_digest(path, "sha256")
-
-
 def split_name(path: Path) -> tuple[str, str | None]:
     """``<sig>-<checksum>.th`` -> (sig, checksum); ``<sig>.th`` -> (sig, None)."""
     stem = path.stem
@@ -87,35 +63,20 @@ def split_name(path: Path) -> tuple[str, str | None]:
     return stem, None
 
 
-@dataclass
-class FileCheck:
-    path: Path
-    sig: str
-    expected: str | None          # checksum from the file name / catalogue
-    actual: str | None            # sha256 prefix of the file's bytes (None: missing)
-    status: str                   # ok | missing | corrupt | truncated | unchecked
-    detail: str = ""
-    size: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("ok", "unchecked")
-
-
 def check_file(path: Path, expected: str | None = None) -> FileCheck:
     """Verify one weight file: its sha256 prefix must match the checksum in its name
     (and ``expected`` from the catalogue, if given); a torch zip archive that cannot be
     opened is reported as truncated."""
-    sig, in_name = split_name(path)
+    in_name = split_name(path)[1]
     expected = expected or in_name
     if not path.is_file():
-        return FileCheck(path, sig, expected, None, "missing", "file not found")
+        return FileCheck(path, "missing", "file not found", expected=expected)
     size = path.stat().st_size
-    digest = sha256_file(path)
+    digest = sha256(path)
     actual = digest[: len(expected)] if expected else digest[:8]
     if in_name and expected and in_name != expected:
-        return FileCheck(path, sig, expected, actual, "corrupt",
-                         f"file name says checksum {in_name}, catalogue says {expected}", size)
+        return FileCheck(path, "corrupt", f"file name says checksum {in_name}, catalogue says {expected}",
+                         expected=expected, actual=actual, size=size)
     # torch.save writes a zip archive; a cut-off download loses its central directory.
     try:
         with zipfile.ZipFile(path) as zf:
@@ -125,45 +86,17 @@ def check_file(path: Path, expected: str | None = None) -> FileCheck:
         readable = False
     if expected is None:
         if readable:
-            return FileCheck(path, sig, None, actual, "unchecked",
-                             "no checksum in the file name", size)
-        return FileCheck(path, sig, None, actual, "truncated",
-                         "not a readable torch archive (truncated?)", size)
+            return FileCheck(path, "unchecked", "no checksum in the file name", actual=actual, size=size)
+        return FileCheck(path, "truncated", "not a readable torch archive (truncated?)", actual=actual, size=size)
     if actual == expected:
-        return FileCheck(path, sig, expected, actual, "ok", "", size)
+        return FileCheck(path, "ok", expected=expected, actual=actual, size=size)
     status = "corrupt" if readable else "truncated"
-    return FileCheck(path, sig, expected, actual, status,
-                     f"sha256 prefix {actual} != {expected}" +
+    return FileCheck(path, status, f"sha256 prefix {actual} != {expected}" +
                      ("" if readable else " and not a readable torch archive (truncated download?)"),
-                     size)
+                     expected=expected, actual=actual, size=size)
 
 
 # --------------------------------------------------------------------------- network
-
-def _probe(url: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
-    """None when ``url``'s host accepts a TCP connection within ``timeout`` seconds,
-    else a short reason.  DNS resolution runs in a thread so it cannot hang us."""
-    if os.environ.get(ENV_OFFLINE, "").strip() not in ("", "0"):
-        return f"{ENV_OFFLINE} is set"
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    result: list[str | None] = []
-
-    def attempt():
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(None)
-        except OSError as exc:
-            result.append(f"cannot reach {host}:{port} ({exc.__class__.__name__}: {exc})")
-
-    t = threading.Thread(target=attempt, daemon=True)
-    t.start()
-    t.join(timeout + 0.5)
-    if not result:
-        return f"cannot reach {host}:{port} (timed out after {timeout:g}s)"
-    return result[0]
-
 
 def copy_instructions(entry: CatalogueModel, repo: Path, missing: list[WeightFile] | None = None) -> str:
     """What to do without a network, in one line: which files to copy where, from where."""
@@ -172,6 +105,11 @@ def copy_instructions(entry: CatalogueModel, repo: Path, missing: list[WeightFil
     return (f"copy {listed} into {repo}/ (from a machine with network access, another demucs repo "
             f"or the torch hub cache ~/.cache/torch/hub/checkpoints/), then run `separator models "
             f"verify`; or, with network access, `separator models pull {entry.name}`.")
+
+
+def catalogue_names() -> set[str]:
+    """The models :func:`pull` can fetch."""
+    return set(demucs_catalogue())
 
 
 def _catalogue_entry(name: str) -> CatalogueModel:
@@ -217,7 +155,7 @@ def pull(name: str, root: str | os.PathLike | None = None, *, progress: bool = F
         if problem:
             raise ModelUnavailable(f"cannot install Demucs model {name!r} into {repo}: {problem}; "
                                    "choose another --model-dir")
-        reason = _probe(_url(todo[0]))
+        reason = unreachable(_url(todo[0]))
         if reason:
             raise ModelUnavailable(
                 f"cannot download Demucs model {name!r}: {reason}. " + copy_instructions(entry, repo, todo))
@@ -244,28 +182,6 @@ def pull(name: str, root: str | os.PathLike | None = None, *, progress: bool = F
 
 
 # --------------------------------------------------------------------------- listing / verify
-
-@dataclass
-class InstalledModel:
-    name: str
-    family: str
-    sources: tuple[str, ...]
-    installed: bool
-    size_mb: float | None               # on-disk size of its weight files when installed
-    location: str                       # the repo folder, or where to get it
-    origin: str                         # "catalogue" | "local"
-    description: str = ""
-    missing: list[str] = field(default_factory=list)
-    requires: tuple[str, ...] = ()
-
-    def as_dict(self) -> dict:
-        return {
-            "name": self.name, "family": self.family, "sources": list(self.sources),
-            "installed": self.installed, "size_mb": self.size_mb, "location": self.location,
-            "origin": self.origin, "description": self.description, "missing": list(self.missing),
-            "requires": list(self.requires),
-        }
-
 
 def _local_extras(repo: Path, known: set[str]) -> list[str]:
     if not repo.is_dir():
@@ -352,6 +268,6 @@ def remove(name: str, root: str | os.PathLike | None = None) -> list[Path]:
 
 __all__ = [
     "ENV_MODEL_DIR", "ENV_DEMUCS_MIRROR", "ENV_OFFLINE", "model_dir", "demucs_repo", "pull",
-    "list_installed", "verify", "remove", "check_file", "FileCheck", "InstalledModel",
-    "copy_instructions", "write_bag_yaml", "sha256_file",
+    "catalogue_names", "list_installed", "verify", "remove", "check_file", "FileCheck", "InstalledModel",
+    "copy_instructions", "write_bag_yaml",
 ]

@@ -15,6 +15,11 @@ MSST's ``utils.model_utils.demix`` on a whole ``(channels, L)`` mix, with ``C = 
 4. weighted outputs and weights are summed (float32), divided, NaN (0/0) set to 0, and the
    padding trimmed.
 
+A chunk that starts inside the end padding (at or after ``M - border``) adds only to samples
+step 4 trims: MSST runs it and throws its output away; here it is not run (``num_overlap - 1``
+chunks fewer per padded input when ``num_overlap`` divides ``chunk_size``: the same output,
+less work).
+
 :class:`RoformerSeparator` produces the same numbers from a stream: blocks are buffered until
 the first ``2 * border + 1`` samples (or the end) tell whether step 1 pads; chunks lying wholly
 in what has been received, in batches that cannot be the last one, are run as soon as they are
@@ -286,7 +291,11 @@ class _Stream:
                 parts.append(part)
             final = starts[-1] + self.step >= total
             window = self._window(first=(ks[-1] == 0), final=final)
-            self._run(starts, lens, parts, window)
+            # a chunk wholly inside the end padding only adds to samples that are trimmed:
+            # MSST runs it, its output is thrown away, so it is not run (equal output)
+            keep = [j for j, s in enumerate(starts) if not (self.padded and s >= total - self.border)]
+            if keep:
+                self._run([starts[j] for j in keep], [lens[j] for j in keep], [parts[j] for j in keep], window)
             self.k_done = ks[-1] + 1
             end = total if final else self.k_done * self.step
             yield from self._emit(end, total=total)

@@ -14,6 +14,7 @@ import torch
 from ...errors import CIError
 from ..base import ModelSpec
 from ..precision import PRECISIONS
+from ..weights import InstalledModel
 from .model import SPEC, Spleeter2Stems, StftParams
 
 FAMILY = "spleeter"
@@ -27,6 +28,12 @@ def specs(model_dir: str | None = None, *, include_local: bool = False) -> list[
 def installed(model_dir: str | None = None) -> set[str]:
     """The bundled model is always counted as installed (its weights come with the package)."""
     return {SPEC.name}
+
+
+def listing(model_dir: str | None = None) -> list[InstalledModel]:
+    """The row of ``separator models list``: the bundled model, always installed."""
+    return [InstalledModel(SPEC.name, FAMILY, SPEC.sources, True, None, SPEC.weights, "bundled",
+                           SPEC.description)]
 
 
 def load(spec: ModelSpec, device: str, *, model_dir: str | None = None, jobs: int | None = None,
@@ -77,4 +84,4 @@ def load(spec: ModelSpec, device: str, *, model_dir: str | None = None, jobs: in
     return Spleeter2Stems(device, spec=spec, **options)
 
 
-__all__ = ["FAMILY", "SPEC", "Spleeter2Stems", "installed", "load", "specs"]
+__all__ = ["FAMILY", "SPEC", "Spleeter2Stems", "installed", "listing", "load", "specs"]
