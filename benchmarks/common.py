@@ -175,7 +175,8 @@ def machine_info() -> dict:
                 cpu = line.split(":", 1)[1].strip()
             if line.startswith("flags") and not flags:
                 f = line.split(":", 1)[1].split()
-                flags = " ".join(x for x in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if x in f)
+                have = [x for x in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if x in f]
+                flags = " ".join(have + (["no AMX"] if "amx_tile" not in f else []))
     except OSError:
         pass
     mem_gib = None
@@ -262,14 +263,15 @@ def global_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float(10 * np.log10(max(num, 1e-300) / den))
 
 
-def ensure_bench_model(work: Path = WORK) -> Path:
-    """The benchmark's default-size HTDemucs (random weights) as a demucs repo under ``work``,
-    written by scripts/make_tiny_demucs.py on first use."""
+def ensure_bench_model(name: str = "bench_htdemucs", work: Path = WORK) -> Path:
+    """Bench model ``name`` (a published Demucs architecture with random weights, see
+    scripts/make_tiny_demucs.py ``BENCH_MODELS``) as a demucs repo under ``work``, written on
+    first use.  Returns the repo folder."""
     repo = work / "models" / "demucs"
-    if not (repo / "bench_htdemucs.yaml").is_file():
+    if not (repo / f"{name}.yaml").is_file():
         import importlib.util
         spec = importlib.util.spec_from_file_location("make_tiny_demucs", ROOT / "scripts" / "make_tiny_demucs.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        mod.make_full_htdemucs(repo)
+        mod.make_bench_model(repo, name)
     return repo

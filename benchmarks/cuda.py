@@ -24,6 +24,11 @@ Sections (each one's figures are written as soon as they are measured):
   on the CPU; outputs are compared with the uncapped run.
 * ``spleeter``: the bundled model, fp32 / fp16 / bf16, 60 s and 10 min; the global SDR of
   each precision against the ground truth, per song.
+* ``e2e``: decode -> separate -> encode, command against command on the card: our
+  ``separator separate`` (ffmpeg: imageio-ffmpeg's static build, no system package) against
+  ``python -m demucs.separate`` (it reads and writes WAV itself), htdemucs's architecture, WAV
+  in and out, shifts 0 and overlap 0.25 both, float32 both (and ours fp16), short and long
+  input, alternating; the SDR between the two tools' stems.
 """
 from __future__ import annotations
 
@@ -152,7 +157,7 @@ def section_env(args) -> None:
 
 
 def _demucs_repo(args) -> Path:
-    return ensure_bench_model(Path(args.work))
+    return ensure_bench_model("bench_htdemucs", Path(args.work))
 
 
 def _demucs_reference(repo: Path, device: str | None = None):
@@ -178,8 +183,8 @@ def _demucs_reference(repo: Path, device: str | None = None):
 def section_demucs(args, mixes) -> None:
     from separator.core.demucs import load_demucs
     repo = _demucs_repo(args)
-    res = RESULT.setdefault("demucs", {"model": "bench_htdemucs: HTDemucs() default size, random init, "
-                                       "segment 7.8 s, overlap 0.25, shifts 0"})
+    res = RESULT.setdefault("demucs", {"model": "bench_htdemucs: htdemucs's published architecture (41.98 M "
+                                       "parameters), random init, segment 7.8 s, overlap 0.25, shifts 0"})
     a60, a600 = tiled(mixes, args.short), tiled(mixes, args.long)
     ref = _demucs_reference(repo)
     row, ref_out = measure("demucs apply_model fp32", ref, a60, args.calls)
@@ -359,13 +364,101 @@ def section_spleeter(args, data) -> None:
     save()
 
 
+def _write_wav(path: Path, audio: np.ndarray) -> Path:
+    """(frames, 2) float -> 16-bit PCM WAV (the stdlib writer: no ffmpeg needed for the input)."""
+    import wave
+    pcm = (np.clip(audio, -1, 1 - 1 / 32768) * 32768).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+def _read_wav(path: Path) -> np.ndarray:
+    """A WAV the two tools write (16-bit PCM or 32-bit float) as (frames, channels) float64."""
+    import wave
+    raw = path.read_bytes()
+    if raw[20:22] == b"\x01\x00":                        # PCM
+        with wave.open(str(path)) as w:
+            return np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, w.getnchannels()) / 32768.0
+    i = raw.index(b"data") + 8                            # IEEE float (demucs --float32)
+    ch = int.from_bytes(raw[22:24], "little")
+    return np.frombuffer(raw[i:], "<f4")[: (len(raw) - i) // 4 // ch * ch].reshape(-1, ch).astype(np.float64)
+
+
+def section_e2e(args, mixes) -> None:
+    import shutil
+    import subprocess
+    repo = _demucs_repo(args)
+    res = RESULT.setdefault("e2e", {"model": "bench_htdemucs (htdemucs's published architecture, random init)",
+                                    "conditions": "WAV in and out, shifts 0, overlap 0.25, segment 7.8 s, "
+                                                  "command against command (start-up, import, load included)"})
+    work = Path(args.work) / "e2e"
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "SEPARATOR_MODEL_DIR": str(repo.parent), "SEPARATOR_OFFLINE": "1"}
+    dev = DEVICE if DEVICE != "cuda" else "cuda"
+
+    def run(tool: str, inp: Path, precision: str = "fp32") -> dict:
+        od = work / f"{tool}_{precision}_{inp.stem}"
+        shutil.rmtree(od, ignore_errors=True)
+        if tool == "demucs_cli":
+            cmd = [sys.executable, "-m", "demucs.separate", "--repo", str(repo), "-n", "bench_htdemucs", "--shifts",
+                   "0", "--overlap", "0.25", "--float32", "--clip-mode", "none", "-d", dev, "-o", str(od), str(inp)]
+            stems = od / "bench_htdemucs" / inp.stem
+        else:
+            cmd = [sys.executable, "-m", "separator", "separate", "-q", "--mode", "MusicMode", "--codec", "wav",
+                   "--model", "bench_htdemucs", "--model-dir", str(repo.parent), "--shifts", "0", "--overlap",
+                   "0.25", "--precision", precision, "--device", dev, "-o", str(od), str(inp)]
+            stems = od / "bench_htdemucs" / inp.stem
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+        wall = time.perf_counter() - t
+        row = {"tool": tool, "precision": precision, "wall_s": round(wall, 3), "rc": proc.returncode,
+               "command": " ".join(cmd[1:])}
+        if proc.returncode:
+            row["stderr"] = proc.stderr[-1500:]
+        else:
+            row["vocals"] = _read_wav(stems / "vocals.wav")
+        shutil.rmtree(od, ignore_errors=True)
+        log(f"  e2e {tool} {precision} {inp.stem}: {wall:.2f} s (rc {proc.returncode})")
+        return row
+
+    for secs, reps in ((args.short, max(1, args.calls)), (args.long, 1)):
+        inp = _write_wav(work / f"mix_{secs}s.wav", tiled(mixes, secs))
+        rows: dict[str, list] = {"ours_fp32": [], "demucs_cli_fp32": [], f"ours_{half()}": []}
+        for _ in range(reps):
+            for tool, prec in (("ours", "fp32"), ("demucs_cli", "fp32"), ("ours", half())):
+                rows[f"{tool}_{prec}"].append(run(tool, inp, prec))
+        out = {}
+        for key, rs in rows.items():
+            ok = [r for r in rs if r["rc"] == 0]
+            out[key] = {"walls_s": [r["wall_s"] for r in rs], "rc": [r["rc"] for r in rs],
+                        "median_s": statistics.median(r["wall_s"] for r in ok) if ok else None,
+                        "xrt": round(secs / statistics.median(r["wall_s"] for r in ok), 1) if ok else None,
+                        "command": rs[0]["command"], **({"stderr": rs[0]["stderr"]} if not ok else {})}
+        o, c = (next((r["vocals"] for r in rows[k] if r["rc"] == 0), None) for k in ("ours_fp32", "demucs_cli_fp32"))
+        if o is not None and c is not None:
+            n = min(len(o), len(c))
+            out["vocals_sdr_ours_vs_cli_db"] = round(snr(c[:n], o[:n]), 1)
+        if out["ours_fp32"]["median_s"] and out["demucs_cli_fp32"]["median_s"]:
+            out["speedup_fp32"] = round(out["demucs_cli_fp32"]["median_s"] / out["ours_fp32"]["median_s"], 2)
+        h = out[f"ours_{half()}"]
+        if h["median_s"] and out["demucs_cli_fp32"]["median_s"]:
+            out[f"speedup_{half()}_vs_cli_fp32"] = round(out["demucs_cli_fp32"]["median_s"] / h["median_s"], 2)
+        res[str(secs)] = out
+        inp.unlink(missing_ok=True)
+        save()
+
+
 def main(argv=None) -> int:
     global OUT, DEVICE
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="folder of song .npz files")
     p.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "cuda")
-    p.add_argument("--sections", default="demucs,forward,parity,oom,spleeter")
+    p.add_argument("--sections", default="demucs,forward,parity,oom,spleeter,e2e")
     p.add_argument("--calls", type=int, default=3, help="warm calls per 60 s measurement")
     p.add_argument("--short", type=int, default=60, help="seconds of the short input")
     p.add_argument("--long", type=int, default=600, help="seconds of the long input")
@@ -397,6 +490,8 @@ def main(argv=None) -> int:
                 section_oom(args, [m for _, m, _ in data])
             elif name == "spleeter":
                 section_spleeter(args, data)
+            elif name == "e2e":
+                section_e2e(args, [m for _, m, _ in data])
             else:
                 raise SystemExit(f"unknown section {name}")
         except Exception:        # noqa: BLE001 - keep the other sections' figures

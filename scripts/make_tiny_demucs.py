@@ -5,11 +5,11 @@ Exactly the format of the released weights (``demucs.states.serialize_model`` +
 ``save_with_checksum``): a torch-saved dict ``{klass, args, kwargs, state (half),
 training_args}`` named ``<sig>-<sha256[:8]>.th``, plus bag ``<name>.yaml`` files
 (``models`` / ``weights`` / ``segment``).  Used by the tests (tiny models, seconds of
-CPU) and by the benchmark (``--full``: a default-size ``HTDemucs()``, same compute as
-the real ``htdemucs``)::
+CPU) and by the benchmark (``--full``: the published architectures of htdemucs, the
+htdemucs_ft bag and hdemucs_mmi with their kwargs, random weights: the same compute)::
 
     python scripts/make_tiny_demucs.py OUT_DIR            # tiny_htdemucs, tiny_bag, tiny_mix
-    python scripts/make_tiny_demucs.py OUT_DIR --full     # + bench_htdemucs (~80 MB)
+    python scripts/make_tiny_demucs.py OUT_DIR --full     # + bench_htdemucs, bench_htdemucs_ft, bench_hdemucs_mmi
 
 ``OUT_DIR`` is the demucs repo itself (use ``<model_dir>/demucs`` for the separator).
 """
@@ -95,25 +95,55 @@ def make_tiny_repo(repo: Path) -> dict[str, list[Path]]:
     return {"tiny_htdemucs": [a], "tiny_bag": [a, b], "tiny_mix": [c, d]}
 
 
-def make_full_htdemucs(repo: Path, name: str = "bench_htdemucs", seed: int = 0) -> Path:
-    """A default-size HTDemucs (random weights) with htdemucs's 7.8 s training segment."""
-    from demucs.htdemucs import HTDemucs
+#: The published architectures (random weights, the published kwargs): htdemucs's and its
+#: fine-tuned bag's are in every .th file they ship, and in MSST's configs/config_musdb18_htdemucs.yaml
+#: (HTDemucs's defaults but dconv_mode 3 and bottom_channels 512: 41.98 M parameters, where
+#: ``HTDemucs()`` has 26.9 M); hdemucs_mmi is Hybrid Demucs v3 with HDemucs's defaults
+#: (MSST's configs/config_musdb18_demucs3_mmi.yaml), run in 44 s segments by its bag file.
+REAL_ARCHITECTURES = {
+    "htdemucs": ("demucs.htdemucs:HTDemucs", {"dconv_mode": 3, "bottom_channels": 512, "segment": Fraction(39, 5)}),
+    "hdemucs_mmi": ("demucs.hdemucs:HDemucs", {}),
+}
+#: bench name -> (architecture, sub-models, bag segment)
+BENCH_MODELS = {
+    "bench_htdemucs": ("htdemucs", 1, None),
+    "bench_htdemucs_ft": ("htdemucs", 4, None),      # 4 fine-tuned copies, one source each
+    "bench_hdemucs_mmi": ("hdemucs_mmi", 1, 44),
+}
+
+
+def real_architecture(arch: str, seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised net of a published Demucs architecture."""
+    import importlib
+    mod, cls = REAL_ARCHITECTURES[arch][0].split(":")
     torch.manual_seed(seed)
-    model = HTDemucs(sources=SOURCES, segment=Fraction(39, 5))
-    path = save_package(model, Path(repo), "be7c0001")
-    save_bag(Path(repo), name, ["be7c0001"])
-    return path
+    return getattr(importlib.import_module(mod), cls)(sources=SOURCES, **REAL_ARCHITECTURES[arch][1])
+
+
+def make_bench_model(repo: Path, name: str = "bench_htdemucs", seed: int = 0) -> list[Path]:
+    """Write bench model ``name`` (:data:`BENCH_MODELS`) into ``repo``: its weight files and bag."""
+    arch, n, segment = BENCH_MODELS[name]
+    paths, sigs = [], []
+    for i in range(n):
+        sig = hashlib.sha256(f"{name}-{i}".encode()).hexdigest()[:8]
+        paths.append(save_package(real_architecture(arch, seed + i), Path(repo), sig))
+        sigs.append(sig)
+    weights = [[1.0 if j == i else 0.0 for j in range(len(SOURCES))] for i in range(n)] if n > 1 else None
+    save_bag(Path(repo), name, sigs, weights=weights, segment=segment)
+    return paths
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="demucs repo folder to write into")
-    p.add_argument("--full", action="store_true", help="also write bench_htdemucs (default-size HTDemucs)")
+    p.add_argument("--full", action="store_true",
+                   help=f"also write the benchmark's published-architecture models ({', '.join(BENCH_MODELS)})")
     args = p.parse_args(argv)
     for name, files in make_tiny_repo(args.out).items():
         print(name, *[f.name for f in files])
     if args.full:
-        print("bench_htdemucs", make_full_htdemucs(args.out).name)
+        for name in BENCH_MODELS:
+            print(name, *[f.name for f in make_bench_model(args.out, name)])
     return 0
 
 

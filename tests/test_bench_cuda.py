@@ -53,3 +53,28 @@ def test_cuda_script_dry_runs_on_the_cpu(tmp_path):
     assert fp32["vocals"] > 0 and np.isfinite(bf16["vocals"])
     assert sp["bf16_sdr_change_db"]["vocals"]["median"] == pytest.approx(bf16["vocals"] - fp32["vocals"])
     assert "errors" not in res
+
+
+def test_cuda_end_to_end_section_dry_runs_on_the_cpu(tmp_path):
+    """`--sections e2e` runs our command and the demucs CLI file to file on real music (here on
+    the CPU): both succeed, the speed-up is the ratio of their medians, the two tools' vocals
+    agree, and the report renders the table with the card."""
+    name, _mix, stems = committed_mixtures()[0]
+    np.savez(tmp_path / "song0.npz", name=np.array(name), vocals=stems["vocals"][: 3 * 44100],
+             accompaniment=stems["accompaniment"][: 3 * 44100])
+    out = tmp_path / "cuda.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cuda.py"), "--device", "cpu",
+                           "--out", str(out), "--data", str(tmp_path), "--sections", "e2e",
+                           "--short", "3", "--long", "4", "--calls", "1", "--work", str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert "errors" not in res
+    for secs in ("3", "4"):
+        r = res["e2e"][secs]
+        assert r["ours_fp32"]["rc"] == [0] and r["demucs_cli_fp32"]["rc"] == [0] and r["ours_bf16"]["rc"] == [0]
+        assert r["speedup_fp32"] == pytest.approx(r["demucs_cli_fp32"]["median_s"] / r["ours_fp32"]["median_s"], abs=0.01)
+        assert r["vocals_sdr_ours_vs_cli_db"] > 40
+    text = "\n".join(report._cuda({**res, "env": {**res["env"], "card": "TEST CARD", "date": "now"}}))
+    assert "End to end on the card" in text and f"{res['e2e']['3']['speedup_fp32']:.2f}×" in text
+    assert "GPU end to end" not in "\n".join(report._cuda({}))

@@ -162,3 +162,36 @@ def test_job_service_and_sdk_example(sandbox):
         server.terminate()
         server.wait(timeout=30)
 
+
+# ----------------------------------------------------------------------- figures: from a recorded run
+#: measured-looking figures outside the rendered block that are not measurements: limits the
+#: code sets, arithmetic of an option, the spec's downmix gain
+NOT_MEASURED = ("−3 dB", "N× the time", "1/(1−F)× the model time (1.33× at 0.25, 2× at 0.5)", "over 1 MiB",
+                "max(0.5 s, 2 %)")
+FIGURE = re.compile(r"\d[\d.,]*\s?(?:×|dB\b|%|MiB\b|GiB\b|GB\b|ms\b)")
+
+
+def _report():
+    sys.path.insert(0, str(REPO))
+    from benchmarks import report
+    return report
+
+
+def test_the_readme_figures_are_rendered_from_the_recorded_run():
+    import json
+    report = _report()
+    results = json.loads((REPO / "benchmarks" / "results.json").read_text())
+    text = README.read_text()
+    block = text.split(report.BEGIN, 1)[1].split(report.END, 1)[0].strip("\n")
+    assert block == report.readme_figures(results), "run `python benchmarks/report.py` to re-render them"
+    assert (REPO / "benchmarks" / "RESULTS.md").read_text() == report.render(results)
+
+
+def test_no_figure_outside_the_rendered_block():
+    report = _report()
+    text = README.read_text()
+    head, rest = text.split(report.BEGIN, 1)
+    outside = head + rest.split(report.END, 1)[1]
+    for allowed in NOT_MEASURED:
+        outside = outside.replace(allowed, "")
+    assert FIGURE.findall(outside) == [], "a figure the recorded run does not hold: render it from results.json"
