@@ -32,12 +32,18 @@ def test_report_renders_the_recorded_cuda_figures():
     assert report._cuda({}) == [] and report._cuda_summary({}) == []
 
 
+def _one_song(folder) -> str:
+    """The first committed mixture's first 3 s as the script's song file; returns its name."""
+    name, _mix, stems = committed_mixtures()[0]
+    np.savez(folder / "song0.npz", name=np.array(name), vocals=stems["vocals"][: 3 * 44100],
+             accompaniment=stems["accompaniment"][: 3 * 44100])
+    return name
+
+
 def test_cuda_script_dry_runs_on_the_cpu(tmp_path):
     """`--device cpu` runs the bundled-model section end to end on real music and writes
     its figures: speed rows and the SDR change of the reduced precision per song."""
-    name, _mix, stems = committed_mixtures()[0]
-    np.savez(tmp_path / "song0.npz", name=np.array(name), vocals=stems["vocals"][: 3 * 44100],
-             accompaniment=stems["accompaniment"][: 3 * 44100])
+    name = _one_song(tmp_path)
     out = tmp_path / "cuda.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cuda.py"), "--device", "cpu",
                            "--out", str(out), "--data", str(tmp_path), "--sections", "spleeter",
@@ -59,9 +65,7 @@ def test_cuda_end_to_end_section_dry_runs_on_the_cpu(tmp_path):
     """`--sections e2e` runs our command and the demucs CLI file to file on real music (here on
     the CPU): both succeed, the speed-up is the ratio of their medians, the two tools' vocals
     agree, and the report renders the table with the card."""
-    name, _mix, stems = committed_mixtures()[0]
-    np.savez(tmp_path / "song0.npz", name=np.array(name), vocals=stems["vocals"][: 3 * 44100],
-             accompaniment=stems["accompaniment"][: 3 * 44100])
+    _one_song(tmp_path)
     out = tmp_path / "cuda.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cuda.py"), "--device", "cpu",
                            "--out", str(out), "--data", str(tmp_path), "--sections", "e2e",
