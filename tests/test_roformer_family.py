@@ -18,7 +18,7 @@ import yaml
 
 from roformer_ref import randomize, small_raw, write_yaml
 from separator.core.roformer import BS_ROFORMER, MEL_BAND_ROFORMER, build_model, parse_config
-from separator.media import load_audio, probe
+from separator.media import load_audio
 
 REPO = Path(__file__).resolve().parents[1]
 MIX = Path(__file__).resolve().parent / "data" / "mixtures" / "vocadito-vibeace" / "mixture.flac"
