@@ -117,7 +117,7 @@ def _summary(res: dict) -> list[str]:
         st = (run.get("stages") or {}).get("result")
         if st:
             rows.append([f"end to end against the limit its stages' CPU sets (60 s, {isa}, {prec})", "within 10 %",
-                         f"{(st['end_to_end_over_limit'] - 1) * 100:+.0f} % ({f(st['stages']['end_to_end']['wall_s'])} s "
+                         f"{(st['end_to_end_over_limit'] - 1) * 100:+.1f} % ({f(st['stages']['end_to_end']['wall_s'])} s "
                          f"vs {f(st['limit_s'])} s)", verdict(st["end_to_end_over_limit"] <= 1.10)])
             if isa == "avx2" and st["precision"] == "fp32":
                 v = st["cpu_s_per_min"]["model"]
@@ -248,7 +248,7 @@ def _spleeter(res: dict) -> list[str]:
                   table(["stage", "wall s", "Python CPU s", "ffmpeg CPU s", "CPU s", "CPU s per min of audio"], rows), "",
                   f"The least wall time these costs allow on {st['cores']} cores (all their CPU spread over the cores, "
                   f"or the busiest single-threaded stage if more): **{f(st['limit_s'])} s**; the end to end took "
-                  f"{f(st['stages']['end_to_end']['wall_s'])} s = **{(st['end_to_end_over_limit'] - 1) * 100:+.0f} %** "
+                  f"{f(st['stages']['end_to_end']['wall_s'])} s = **{(st['end_to_end_over_limit'] - 1) * 100:+.1f} %** "
                   "over it.", ""]
         ao = (run.get("api_overhead") or {}).get("result")
         if ao:
@@ -639,7 +639,7 @@ def readme_figures(res: dict, cuda: dict | None = None) -> str:
             L.append(f"- **CPU per minute of audio**, {isa} kernels ({st['precision']}): decode {f(per['decode'], 2)}, "
                      f"model {f(per['model'], 2)}, mp3 encoders {enc} CPU-s; end to end {f(st['stages']['end_to_end']['wall_s'], 2)} s "
                      f"for 1 min against the {f(st['limit_s'], 2)} s those costs allow on {st['cores']} cores "
-                     f"({(st['end_to_end_over_limit'] - 1) * 100:+.0f} %).")
+                     f"({(st['end_to_end_over_limit'] - 1) * 100:+.1f} %).")
     for isa, r in runs.items():
         ao = (r.get("api_overhead") or {}).get("result")
         if ao:
