@@ -48,7 +48,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import ensure_bench_model  # noqa: E402
+from benchmarks.common import ensure_bench_model, global_sdr  # noqa: E402
 
 SR = 44100
 RESULT: dict = {}
@@ -63,12 +63,6 @@ def save() -> None:
 
 def log(*a) -> None:
     print(*a, flush=True)
-
-
-def snr(ref: np.ndarray, est: np.ndarray) -> float:
-    ref = ref.astype(np.float64)
-    den = float(np.sum((ref - est) ** 2))
-    return float("inf") if den == 0 else float(10 * np.log10(np.sum(ref ** 2) / den))
 
 
 def stems_snr(a: dict, b: dict) -> float:
@@ -440,8 +434,7 @@ def section_e2e(args, mixes) -> None:
                         "command": rs[0]["command"], **({"stderr": rs[0]["stderr"]} if not ok else {})}
         o, c = (next((r["vocals"] for r in rows[k] if r["rc"] == 0), None) for k in ("ours_fp32", "demucs_cli_fp32"))
         if o is not None and c is not None:
-            n = min(len(o), len(c))
-            out["vocals_sdr_ours_vs_cli_db"] = round(snr(c[:n], o[:n]), 1)
+            out["vocals_sdr_ours_vs_cli_db"] = round(global_sdr(c, o), 1)
         if out["ours_fp32"]["median_s"] and out["demucs_cli_fp32"]["median_s"]:
             out["speedup_fp32"] = round(out["demucs_cli_fp32"]["median_s"] / out["ours_fp32"]["median_s"], 2)
         h = out[f"ours_{half()}"]

@@ -642,12 +642,12 @@ def section_roformer(args, res: dict, budget: Budget) -> None:
         if o and m:
             pair["speedup_fp32"] = ratio(m["result"]["separate_s"], o["result"]["separate_s"])
             pair["rss_ratio_msst_over_ours"] = ratio(m["peak_rss_mib"], o["peak_rss_mib"])
-            pair["snr_ours_vs_msst_db"] = [round(snr_db(mm, oo), 1) for mm, oo in
+            pair["snr_ours_vs_msst_db"] = [round(global_sdr(mm, oo), 1) for mm, oo in
                                           zip(outs[("msst", "fp32")], outs[("ours", "fp32")])]
         if m and b:
             pair["speedup_bf16_vs_msst_fp32"] = ratio(m["result"]["separate_s"], b["result"]["separate_s"])
         if o and b:
-            pair["snr_bf16_vs_fp32_db"] = [round(snr_db(oo, bb), 1) for oo, bb in
+            pair["snr_bf16_vs_fp32_db"] = [round(global_sdr(oo, bb), 1) for oo, bb in
                                           zip(outs[("ours", "fp32")], outs[("ours", "bf16")])]
         out["pairs"].append(pair)
         report.write(res)
@@ -675,14 +675,6 @@ def section_roformer(args, res: dict, budget: Budget) -> None:
         out["memory"].append(rec)
         shutil.rmtree(od, ignore_errors=True)
         report.write(res)
-
-
-def snr_db(ref, est) -> float:
-    import numpy as np
-    ref = np.asarray(ref, np.float64)
-    err = ref - np.asarray(est, np.float64)
-    e = float(np.sum(err * err))
-    return float("inf") if e == 0 else float(10 * np.log10(float(np.sum(ref * ref)) / e))
 
 
 # =========================================================================== main
