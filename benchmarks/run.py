@@ -10,6 +10,9 @@ every section, so a failure or an interruption still leaves partial results:
   same 60 s array in memory (ours in its ``auto`` precision and in float32: every ratio at a
   stated precision), the CPU each stage of our end to end costs (decode, model, each encoder)
   against the end to end, and ours end to end (mp3 in, 2 mp3 out) by input length;
+* ``bounds``   -- how far the bundled model's float32 CPU could fall with direct convolutions:
+  the U-Nets' multiply-adds per minute of audio against the fastest float32 convolution oneDNN
+  runs on this CPU, under each set of CPU kernels;
 * ``service``  -- submit -> Success latency of a job through ``separator serve`` with the
   official COS SDK;
 * ``quality``  -- the development songs (``../shared/data``), museval medians against the
@@ -18,6 +21,7 @@ every section, so a failure or an interruption still leaves partial results:
 * ``demucs``   -- the published Demucs architectures (htdemucs, the htdemucs_ft bag,
   hdemucs_mmi) with random weights through our command vs the ``demucs`` CLI, float32 and
   shifts 0 both, file to file: x-realtime, CPU, peak RSS, ratios, the SDR between the stems;
+  and our best (bf16, where the CPU computes it natively) against the CLI's float32;
 * ``roformer`` -- the published RoFormer configs at their real size, random weights: ours vs
   MSST's ``demix`` on the reference classes (fp32 both; then our bf16), SNR between them, and
   our memory end to end at 1 / 10 / 60 minutes.
@@ -48,9 +52,9 @@ from benchmarks import report  # noqa: E402
 from benchmarks.common import (BENCH, DATA, ROOT, SR, WORK, bench_env, decode_f32, ensure_bench_model, global_sdr,  # noqa: E402
                                looped_input, machine_info, measure)
 
-SECTIONS = ("spleeter", "service", "quality", "demucs", "roformer")
+SECTIONS = ("spleeter", "bounds", "service", "quality", "demucs", "roformer")
 ALIASES = {"speed": ("spleeter", "demucs", "roformer"), "memory": ("spleeter", "demucs", "roformer"), "all": SECTIONS}
-SHARE = {"spleeter": 0.22, "service": 0.02, "quality": 0.08, "demucs": 0.38, "roformer": 0.30}   # of the budget (unused time rolls over)
+SHARE = {"spleeter": 0.21, "bounds": 0.01, "service": 0.02, "quality": 0.08, "demucs": 0.38, "roformer": 0.30}   # of the budget (unused time rolls over)
 CV = DATA / "waveunet-musdb18-examples" / "Cristina Vane - So Easy"
 REF = {  # shared/reference/spleeter-reference.md (2-core AMD EPYC dev machine, 2 threads, 60 s in RAM)
     "tf_warm_xrt": (48, 50), "tf_peak_rss_mib_oneshot": 1858, "pt_warm_xrt": (35, 40), "pt_peak_rss_mib_oneshot": 1083,
@@ -304,6 +308,19 @@ def section_spleeter(args, res: dict, budget: Budget) -> None:
 
 
 # =========================================================================== service
+def section_bounds(args, res: dict, budget: Budget) -> None:
+    """The bundled model's float32 U-Nets against this CPU's convolution peak, per kernel set."""
+    out = res.setdefault("bounds", {"runs": {}})
+    for isa in isa_list(args):
+        env = bench_env({**ISA_ENV[isa]})
+        log(f"bounds [{isa}]: U-Net multiply-adds against oneDNN's float32 convolution peak")
+        rec = measure([PY, str(BENCH / "children.py"), "unet_bound", json.dumps({"raw": str(cv_raw(60))})],
+                      timeout=600, env=env, label=f"{isa}:unet_bound")
+        rec["kernels"] = ISA_LABEL[isa]
+        out["runs"][isa] = rec
+        report.write(res)
+
+
 def section_service(args, res: dict, budget: Budget) -> None:
     out = res.setdefault("service", {})
     import tempfile
@@ -481,8 +498,8 @@ def section_demucs(args, res: dict, budget: Budget) -> None:
     }
     speed: dict[tuple, float] = {}
 
-    def run(tool: str, model: str, isa: str, secs: float) -> dict | None:
-        key = (tool, model, isa)
+    def run(tool: str, model: str, isa: str, secs: float, precision: str = "fp32") -> dict | None:
+        key = (tool, model, isa, precision)
         pred = (secs / speed[key] + 15) if key in speed else secs * (8.0 if model.endswith("_ft") else 2.5) + 40
         if not budget.fits(pred):
             rec = {"tool": tool, "model": model, "isa": isa, "audio_s": secs,
@@ -493,7 +510,7 @@ def section_demucs(args, res: dict, budget: Budget) -> None:
         repo = ensure_bench_model(model)
         env = bench_env({"SEPARATOR_MODEL_DIR": str(repo.parent), "SEPARATOR_OFFLINE": "1", **ISA_ENV[isa]})
         inp = cv_wav(secs)
-        od = WORK / "out" / f"demucs_{model}_{isa}_{tool}_{int(secs)}s"
+        od = WORK / "out" / f"demucs_{model}_{isa}_{tool}_{precision}_{int(secs)}s"
         shutil.rmtree(od, ignore_errors=True)
         if tool == "demucs_cli":
             cmd = [PY, "-m", "demucs.separate", "--repo", str(repo), "-n", model, "--shifts", "0",
@@ -503,9 +520,12 @@ def section_demucs(args, res: dict, budget: Budget) -> None:
             cmd = [PY, "-m", "separator", "separate", "-q", "--mode", "MusicMode", "--codec", "wav",
                    "--model", model, "--model-dir", str(repo.parent), "--shifts", "0",
                    "--overlap", str(args.demucs_overlap), "-o", str(od), str(inp)]
-        log(f"demucs {model} [{isa}] {tool} {secs:.0f} s (predicted {pred:.0f} s, budget left {budget.left():.0f} s)")
-        rec = measure(cmd, timeout=max(900, pred * 4), env=env, label=f"{model}:{isa}:{tool}_{int(secs)}s")
-        rec.update({"tool": tool, "model": model, "isa": isa, "audio_s": secs, "precision": "fp32",
+            if precision != "fp32":
+                cmd[-3:-3] = ["--precision", precision]
+        log(f"demucs {model} [{isa}] {tool} {precision} {secs:.0f} s (predicted {pred:.0f} s, "
+            f"budget left {budget.left():.0f} s)")
+        rec = measure(cmd, timeout=max(900, pred * 4), env=env, label=f"{model}:{isa}:{tool}_{precision}_{int(secs)}s")
+        rec.update({"tool": tool, "model": model, "isa": isa, "audio_s": secs, "precision": precision,
                     "outdir": str(od / model / inp.stem)})
         if rec["rc"] == 0:
             rec["xrt"] = xrt(secs, rec["wall_s"])
@@ -514,13 +534,32 @@ def section_demucs(args, res: dict, budget: Budget) -> None:
         report.write(res)
         return rec
 
+    # our best against theirs: bf16 where the CPU computes it natively (the CLI has only float32
+    # on a CPU), on htdemucs's architecture, beside each float32 pair
+    native_bf16 = {isa: child_precision(bench_env(ISA_ENV[isa])) == "bf16" for isa in isa_list(args)}
+    out["conditions"]["best"] = ("ours --precision bf16 (where the CPU computes bf16 natively) against the CLI's "
+                                 "float32, its only CPU precision: not identical stems, their SDR against the "
+                                 "CLI's is given")
     for model, isa, secs, reps in demucs_plan(args):
-        walls: dict[str, list[float]] = {"ours": [], "demucs_cli": []}
-        cpus: dict[str, list[float]] = {"ours": [], "demucs_cli": []}
+        walls: dict[str, list[float]] = {"ours": [], "demucs_cli": [], "ours_bf16": []}
+        cpus: dict[str, list[float]] = {"ours": [], "demucs_cli": [], "ours_bf16": []}
         pair: dict = {"model": model, "isa": isa, "audio_s": secs, "precision": "fp32", "shifts": 0}
+        best = model == "bench_htdemucs" and native_bf16.get(isa, False)
         for i in range(reps):
             ours = run("ours", model, isa, secs)
             cli = run("demucs_cli", model, isa, secs)
+            bf16 = run("ours", model, isa, secs, "bf16") if best else None
+            if bf16 and bf16["rc"] == 0:
+                walls["ours_bf16"].append(bf16["wall_s"])
+                cpus["ours_bf16"].append(round(bf16["user_s"] + bf16["sys_s"], 2))
+                if i == 0 and cli and cli["rc"] == 0:
+                    try:
+                        pair["sdr_bf16_vs_cli_db"] = same_stems_sdr(Path(cli["outdir"]), Path(bf16["outdir"]),
+                                                                    cv_wav(secs))
+                    except Exception as exc:  # noqa: BLE001
+                        pair["sdr_bf16_error"] = f"{exc.__class__.__name__}: {exc}"
+                if not args.keep:
+                    shutil.rmtree(Path(bf16["outdir"]).parents[1], ignore_errors=True)
             for tool, r in (("ours", ours), ("demucs_cli", cli)):
                 if r and r["rc"] == 0:
                     walls[tool].append(r["wall_s"])
@@ -541,6 +580,10 @@ def section_demucs(args, res: dict, budget: Budget) -> None:
             pair["walls_s"] = walls
             if len(walls["ours"]) == len(walls["demucs_cli"]) > 1:
                 pair["speedups"] = [ratio(c, o) for o, c in zip(walls["ours"], walls["demucs_cli"])]
+            if walls["ours_bf16"]:
+                pair["speedup_bf16_vs_cli_fp32"] = ratio(statistics.median(walls["demucs_cli"]),
+                                                         statistics.median(walls["ours_bf16"]))
+                pair["cpu_ratio_bf16"] = ratio(statistics.median(cpus["demucs_cli"]), statistics.median(cpus["ours_bf16"]))
             out["pairs"].append(pair)
         report.write(res)
     # ours alone on a long input: memory stays flat
@@ -553,6 +596,7 @@ def section_demucs(args, res: dict, budget: Budget) -> None:
     growth = {}
     for tool in ("ours", "demucs_cli"):
         ok = sorted((r["audio_s"], r["peak_rss_mib"]) for r in out["runs"] if r.get("tool") == tool and r.get("rc") == 0
+                    and r.get("precision", "fp32") == "fp32"
                     and r.get("model") == first and r.get("isa") == native)
         if len(ok) >= 2 and ok[-1][0] > ok[0][0]:
             growth[tool] = round((ok[-1][1] - ok[0][1]) / (ok[-1][0] - ok[0][0]) * 60, 1)
@@ -735,7 +779,7 @@ def main(argv=None) -> int:
             res["roformer"] = old["roformer"]
         res["run"]["merged_from"] = old.get("run")
     budget = Budget(args.budget * 60 if args.budget else None)
-    funcs = {"spleeter": section_spleeter, "service": section_service, "quality": section_quality,
+    funcs = {"spleeter": section_spleeter, "bounds": section_bounds, "service": section_service, "quality": section_quality,
              "demucs": section_demucs, "roformer": section_roformer}
     report.write(res)
     t0 = time.perf_counter()
