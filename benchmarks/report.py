@@ -759,7 +759,16 @@ def readme_figures(res: dict, cuda: dict | None = None) -> str:
     if parts:
         L.append("- **Demucs**, the published architectures with random weights, float32 both, shifts 0 both, our "
                  "command against the `demucs` CLI, file to file: " + "; ".join(parts) + ".")
+    best = [f"{p['model'].replace('bench_', '')} {p['audio_s']:g} s, {p['isa']} kernels: "
+            f"**{_x(p['speedup_bf16_vs_cli_fp32'], 2)}**"
+            + (f", stems ≥ {min(p['sdr_bf16_vs_cli_db'].values()):.0f} dB SDR from the CLI's"
+               if p.get("sdr_bf16_vs_cli_db") else "")
+            for p in dm.get("pairs", []) if p.get("speedup_bf16_vs_cli_fp32")]
+    if best:
+        L.append("  Our best against theirs (ours `--precision bf16`, which this CPU computes natively, against the "
+                 "CLI's float32, its only CPU precision; not identical stems): " + "; ".join(best) + ".")
     ours = sorted((r for r in dm.get("runs", []) if r.get("tool") == "ours" and r.get("rc") == 0
+                   and r.get("precision", "fp32") == "fp32"
                    and r.get("model") == "bench_htdemucs" and r.get("isa") == "native"), key=lambda r: r["audio_s"])
     if len(ours) > 1:
         L.append(f"  Peak RSS (ours, htdemucs): {mib(ours[0]['peak_rss_mib'])} MiB at {ours[0]['audio_s']:g} s, "
