@@ -343,7 +343,9 @@ def unet_bound(a: dict) -> dict:
     """See the module docstring.  Multiply-adds: a 5x5 stride-2 convolution needs out_pixels x
     Cin x Cout x 25; Spleeter's cropped 5x5 stride-2 transposed convolution needs out_pixels x
     Cin x Cout x 6.25 (2 or 3 taps reach each output row and column); our polyphase form
-    computes in_pixels x Cin x 4 Cout x 9 (zero taps included)."""
+    computes, per phase, its conv's output pixels x Cin x Cout x its taps (from
+    ``SPLIT_MIN_OUT`` output channels; below, in_pixels x Cin x 4 Cout x 9, zero taps
+    included)."""
     from torch.profiler import ProfilerActivity, profile
 
     from separator.core import registry
@@ -358,9 +360,13 @@ def unet_bound(a: dict) -> dict:
         nonlocal need, done
         cin = inp[0].shape[1]
         if isinstance(m, CroppedConvTranspose2d):
-            cout = out.shape[1]
-            need += out.shape[2] * out.shape[3] * cin * cout * 6.25 * out.shape[0]
-            done += inp[0].shape[2] * inp[0].shape[3] * cin * 4 * cout * 9 * out.shape[0]
+            b, cout, h, w = out.shape[0], out.shape[1], inp[0].shape[2], inp[0].shape[3]
+            need += 4 * h * w * cin * cout * 6.25 * b
+            if cout >= m.SPLIT_MIN_OUT:   # one conv per phase (padding 1: a 2-tap side gives one more)
+                done += sum((h + (kh == 2)) * (w + (kw == 2)) * cin * cout * kh * kw * b
+                            for kh, kw in ((2, 2), (2, 3), (3, 2), (3, 3)))
+            else:                         # the 4 phases as one 3x3 conv
+                done += h * w * cin * 4 * cout * 9 * b
         elif isinstance(m, torch.nn.Conv2d):
             kh, kw = m.kernel_size
             macs = out.numel() * cin * kh * kw

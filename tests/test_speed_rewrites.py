@@ -24,7 +24,8 @@ from separator.core.demucs import speed as demucs_speed  # noqa: E402
 from separator.core.demucs.speed import PolyphaseConvTranspose, optimize  # noqa: E402
 from separator.core import packed_conv  # noqa: E402
 from separator.core.packed_conv import PackedConv2d  # noqa: E402
-from separator.core.spleeter.unet import CroppedConvTranspose2d, SpleeterUNet, expected_shapes  # noqa: E402
+from separator.core.spleeter.unet import (PHASES, CroppedConvTranspose2d, SpleeterUNet, expected_shapes,  # noqa: E402
+                                          phase_weights, polyphase_weight)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # --------------------------------------------------------------------------- bundled U-Net
-@pytest.mark.parametrize("cin,cout,h,w", [(512, 256, 4, 8), (32, 1, 16, 32), (16, 3, 5, 7), (2, 2, 1, 1)])
+@pytest.mark.parametrize("cin,cout,h,w", [(512, 256, 4, 8), (64, 16, 6, 9), (32, 1, 16, 32), (16, 3, 5, 7),
+                                           (2, 2, 1, 1), (24, 16, 1, 3)])
 def test_cropped_conv_transpose_equals_transposed_conv_and_crop(cin, cout, h, w):
     torch.manual_seed(cin + cout)
     ours = CroppedConvTranspose2d(cin, cout)
@@ -89,6 +91,41 @@ def _random_unet(seed: int) -> SpleeterUNet:
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 2.0)
     return net
+
+
+def test_phase_kernels_keep_every_tap_of_the_polyphase_kernel():
+    """The per-phase kernels are the polyphase kernel's blocks; everything they leave out is zero,
+    so the split form computes only the 25 taps the transposed conv has per output 2x2 block."""
+    torch.manual_seed(3)
+    w = torch.randn(8, 5, 5, 5)                                   # (Cin, Cout, 5, 5)
+    poly = polyphase_weight(w).view(5, 2, 2, 8, 3, 3)
+    kernels = phase_weights(w)
+    assert [tuple(k.shape[2:]) for k in kernels] == [(2, 2), (2, 3), (3, 2), (3, 3)]
+    assert sum(k.shape[2] * k.shape[3] for k in kernels) == 25
+    for (sh, sw), k in zip(PHASES, kernels):
+        block = poly[:, sh, sw]
+        kh, kw = k.shape[2:]
+        assert torch.equal(block[:, :, :kh, :kw], k)
+        assert not block[:, :, kh:].any() and not block[:, :, :, kw:].any()
+
+
+def test_split_and_single_conv_forms_agree(monkeypatch):
+    """The per-phase path (CPU, >= SPLIT_MIN_OUT outputs) and the single 3x3 conv + pixel shuffle
+    give the same numbers, in float32 and in bf16 (to its rounding), channels-last or not."""
+    torch.manual_seed(4)
+    m = CroppedConvTranspose2d(48, 32).eval()
+    x = torch.randn(2, 48, 9, 12)
+    with torch.inference_mode():
+        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+            mm, xx = copy.deepcopy(m).to(dtype), x.to(dtype)
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                xi = xx.contiguous(memory_format=fmt)
+                monkeypatch.setattr(CroppedConvTranspose2d, "SPLIT_MIN_OUT", 1)
+                split = mm(xi)
+                monkeypatch.setattr(CroppedConvTranspose2d, "SPLIT_MIN_OUT", 10**6)
+                single = mm(xi)
+                assert split.dtype == dtype and split.is_contiguous(memory_format=fmt)
+                assert rel_err(split.float(), single.float()) < tol
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -2,8 +2,9 @@
 
 Two rewrites compute the same function faster on CPU (tests/test_speed_rewrites.py checks
 them against the stock modules): the up-sampling transposed convolutions in their polyphase
-form (:class:`CroppedConvTranspose2d`), and the encoder's BatchNorm + LeakyReLU written
-straight into the next convolution's zero-padded input (:func:`_bn_leaky_padded`).
+form, one small convolution per output phase on CPU (:class:`CroppedConvTranspose2d`), and
+the encoder's BatchNorm + LeakyReLU written straight into the next convolution's zero-padded
+input (:func:`_bn_leaky_padded`).
 """
 from __future__ import annotations
 
@@ -34,17 +35,45 @@ def polyphase_weight(w: torch.Tensor) -> torch.Tensor:
     return k.reshape(4 * cout, cin, 3, 3)
 
 
+#: the output phases ``(s_h, s_w)`` in the order :func:`phase_weights` returns them
+PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+def phase_weights(w: torch.Tensor) -> list[torch.Tensor]:
+    """``ConvTranspose2d(k=5, s=2)`` weight ``(Cin, Cout, 5, 5)`` -> for each phase of
+    :data:`PHASES`, the ``(Cout, Cin, kh, kw)`` kernel of a stride-1, padding-1 conv whose
+    output, cropped to the input's size, is that phase of the cropped transposed conv: the
+    rows and columns of :func:`polyphase_weight`'s 3x3 kernel that are not all zero (2 taps
+    for an even phase, 3 for an odd one; 25 taps in all against the polyphase form's 36)."""
+    cout = w.shape[1]
+    k = polyphase_weight(w).view(cout, 2, 2, -1, 3, 3)
+    return [k[:, sh, sw, :, :len(_PHASE_TAPS[sh]), :len(_PHASE_TAPS[sw])] for sh, sw in PHASES]
+
+
 class CroppedConvTranspose2d(nn.ConvTranspose2d):
     """Spleeter's up-sampling: a 5x5 stride-2 transposed conv, then its 'same' crop (1 before,
-    2 after).  Same parameters (and checkpoint names) as ``nn.ConvTranspose2d``, computed as
-    one stride-1 3x3 conv with 4x the channels + ``pixel_shuffle`` (the polyphase form): the
-    same sums in another order (float rounding), faster on CPU (oneDNN's transposed
-    convolutions are much slower than its direct ones of the same size)."""
+    2 after).  Same parameters (and checkpoint names) as ``nn.ConvTranspose2d``, computed in
+    its polyphase form (oneDNN's transposed convolutions are much slower than its direct ones
+    of the same size): the same sums in another order (float rounding).
+
+    * on CPU, with at least :attr:`SPLIT_MIN_OUT` output channels: one stride-1 conv per
+      output phase (:func:`phase_weights`), each written into its rows and columns of the
+      output -- only the taps that are not zero, 25 instead of 36;
+    * else one stride-1 3x3 conv with 4x the channels + ``pixel_shuffle`` (fewer, larger
+      convolutions: better where each phase would be too small to keep the cores busy, as
+      the last up-sampling's single channel, and on GPUs)."""
+
+    #: phases as separate convolutions from this many output channels (CPU): measured per layer
+    #: of the U-Net (float32 and bf16, native and AVX2 kernels), faster from 16 output
+    #: channels, slower at 1 (benchmarks/README.md, the ``spleeter`` section)
+    SPLIT_MIN_OUT = 16
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(cin, cout, kernel_size=5, stride=2)
         self._poly: Derived[tuple[torch.Tensor, torch.Tensor]] = Derived()
         self._packed: Derived = Derived()
+        self._phases: Derived[list[torch.Tensor]] = Derived()
+        self._packed_phases = [Derived() for _ in PHASES]
 
     def _polyphase(self, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
         def build() -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,8 +83,28 @@ class CroppedConvTranspose2d(nn.ConvTranspose2d):
             return k, self.bias.detach().repeat_interleave(4)
         return self._poly.get((self.weight, self.bias), build, extra=channels_last)
 
+    def _phase_kernels(self, channels_last: bool) -> list[torch.Tensor]:
+        def build() -> list[torch.Tensor]:
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            return [k.contiguous(memory_format=fmt) for k in phase_weights(self.weight.detach())]
+        return self._phases.get((self.weight,), build, extra=channels_last)
+
+    def _split(self, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        b, _, h, w = x.shape
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        out = torch.empty((b, self.out_channels, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=fmt)
+        bias = self.bias.detach()
+        for (sh, sw), k, cache in zip(PHASES, self._phase_kernels(channels_last), self._packed_phases):
+            # padding 1 on both sides: a 3-tap phase gives (h, w), a 2-tap one a row / column
+            # more, whose last is not part of the output
+            out[:, :, sh::2, sw::2] = packed_conv2d(x, k, bias, 1, 1, 1, cache)[:, :, :h, :w]
+        return out
+
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
-        k, b = self._polyphase(x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4
+        if x.dim() == 4 and x.device.type == "cpu" and self.out_channels >= self.SPLIT_MIN_OUT:
+            return self._split(x, channels_last)
+        k, b = self._polyphase(channels_last)
         return F.pixel_shuffle(packed_conv2d(x, k, b, 1, 1, 1, self._packed), 2)
 
 
@@ -147,4 +196,4 @@ def expected_shapes(in_channels: int = 2) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
-__all__ = ["CroppedConvTranspose2d", "SpleeterUNet", "expected_shapes", "polyphase_weight"]
+__all__ = ["CroppedConvTranspose2d", "PHASES", "SpleeterUNet", "expected_shapes", "phase_weights", "polyphase_weight"]
