@@ -21,7 +21,8 @@ its own in-process timings.  Tasks:
                         ``separate`` on the same array, calls alternating: the per-call overhead
                         of the Python API (input checks, layout, roles, the result);
 * ``stages``         -- CPU seconds of each stage of our end to end alone (decode, the model,
-                        each encoder), then the warm end to end, in one process;
+                        each encoder), then the warm end to end, in one process (medians of
+                        5 warm runs each);
 * ``unet_bound``     -- how far the bundled model's float32 CPU per minute of audio could fall
                         with direct convolutions: the U-Nets' multiply-adds per minute of audio
                         (those the convolutions need, and those our polyphase form computes), the
@@ -215,9 +216,20 @@ def _since(t0: tuple[float, float, float]) -> dict:
             "ffmpeg_cpu_s": round(t1[2] - t0[2], 3), "cpu_s": round(t1[1] - t0[1] + t1[2] - t0[2], 3)}
 
 
+def _median_run(fn, reps: int) -> dict:
+    """``fn`` once to warm up, then ``reps`` times: the median of each of :func:`_since`'s figures."""
+    fn()
+    runs = []
+    for _ in range(reps):
+        t0 = _cpu()
+        fn()
+        runs.append(_since(t0))
+    return {k: round(float(np.median([r[k] for r in runs])), 3) for k in runs[0]}
+
+
 def stages(a: dict) -> dict:
-    """Each stage of ``separate_file`` on its own (warm: each is run twice, the second counted),
-    then the whole warm end to end.  ``limit_s``: the least wall time those stage costs allow
+    """Each stage of ``separate_file`` on its own, then the whole end to end, all warm: each run
+    once, then ``reps`` times (default 5), the median of each figure counted.  ``limit_s``: the least wall time those stage costs allow
     on ``cores`` cores (the CPU they need spread over every core, or the busiest single stage
     when it cannot be spread: an encoder is one thread, the decoder one, the model ``cores``)."""
     from separator.core import registry
@@ -229,27 +241,20 @@ def stages(a: dict) -> dict:
     info = probe(a["input"])
     out = Path(a["outdir"])
     out.mkdir(parents=True, exist_ok=True)
+    reps = int(a.get("reps", 5))
     res: dict = {}
-    for _ in range(2):
-        t0 = _cpu()
-        audio = np.concatenate(list(decode_stream(a["input"], model.samplerate, 2, info=info)))
-        res["decode"] = _since(t0)
-    for _ in range(2):
-        t0 = _cpu()
-        stems = model.separate(audio)
-        res["model"] = _since(t0)
+    audio = np.concatenate(list(decode_stream(a["input"], model.samplerate, 2, info=info)))
+    res["decode"] = _median_run(lambda: list(decode_stream(a["input"], model.samplerate, 2, info=info)), reps)
+    stems = model.separate(audio)
+    res["model"] = _median_run(lambda: model.separate(audio), reps)
     settings = resolve_encoding(a["codec"], None, None, None, source=info)
     for role, stem in zip(a["roles"], (stems[k] for k in list(stems)[:len(a["roles"])])):
-        for _ in range(2):
-            t0 = _cpu()
-            encode_array(out / f"stage_{role}.{a['ext']}", stem, model.samplerate, settings)
-            res[f"encode_{role}"] = _since(t0)
+        res[f"encode_{role}"] = _median_run(
+            lambda: encode_array(out / f"stage_{role}.{a['ext']}", stem, model.samplerate, settings), reps)
     targets = {r: out / f"{r}.{a['ext']}" for r in a["roles"]}
-    for _ in range(2):
-        t0 = _cpu()
-        separate_file(a["input"], targets, mode=a["mode"], audio_config=AudioConfig(codec=a["codec"]),
-                      model=a["model"], device="cpu", model_options=opts)
-        res["end_to_end"] = _since(t0)
+    res["end_to_end"] = _median_run(
+        lambda: separate_file(a["input"], targets, mode=a["mode"], audio_config=AudioConfig(codec=a["codec"]),
+                              model=a["model"], device="cpu", model_options=opts), reps)
     cores = int(a.get("cores", 2))
     single = [res["decode"]["cpu_s"]] + [res[f"encode_{r}"]["cpu_s"] for r in a["roles"]]
     total = sum(single) + res["model"]["cpu_s"]
@@ -257,7 +262,8 @@ def stages(a: dict) -> dict:
     minutes = len(audio) / model.samplerate / 60
     return {"audio_s": round(len(audio) / model.samplerate, 2), "stages": res, "cores": cores,
             "cpu_s_per_min": {k: round(v["cpu_s"] / minutes, 3) for k, v in res.items()},
-            "limit_s": round(limit, 3), "end_to_end_over_limit": round(res["end_to_end"]["wall_s"] / limit, 3),
+            "reps": reps, "limit_s": round(limit, 3),
+            "end_to_end_over_limit": round(res["end_to_end"]["wall_s"] / limit, 3),
             "precision": getattr(model, "precision", None), "encoding": settings.describe()}
 
 

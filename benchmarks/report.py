@@ -314,8 +314,10 @@ def _spleeter(res: dict) -> list[str]:
             per = st["cpu_s_per_min"]
             rows = [[k.replace("_", " "), f(v["wall_s"]), f(v["python_cpu_s"]), f(v["ffmpeg_cpu_s"]), f(v["cpu_s"]),
                      f(per[k])] for k, v in st["stages"].items()]
-            L += [f"CPU of each stage, {st['audio_s']:g} s mp3 (`{st['encoding']}` out), warm (each run twice, the second "
-                  "counted), in one process: decode (ffmpeg, into memory), the model (`model.separate`, "
+            how = (f"each run once, then {st['reps']} times, the medians counted" if st.get("reps")
+                   else "each run twice, the second counted")
+            L += [f"CPU of each stage, {st['audio_s']:g} s mp3 (`{st['encoding']}` out), warm ({how}), in one "
+                  "process: decode (ffmpeg, into memory), the model (`model.separate`, "
                   f"{st['precision']}), each encoder alone (ffmpeg fed from memory), then the whole end to end.", "",
                   table(["stage", "wall s", "Python CPU s", "ffmpeg CPU s", "CPU s", "CPU s per min of audio"], rows), "",
                   f"The least wall time these costs allow on {st['cores']} cores (all their CPU spread over the cores, "
