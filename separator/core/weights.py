@@ -55,16 +55,15 @@ def model_dir(override: str | os.PathLike | None = None) -> Path:
     return base / "separator" / "models"
 
 
-
 def unreachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
     """None when ``url`` can be fetched now (a local ``file:`` URL, or a host that accepts a TCP
     connection within ``timeout`` seconds), else a short reason.  ``$SEPARATOR_OFFLINE`` makes
     every network URL unreachable.  DNS resolution runs in a thread so it cannot hang us."""
-    if urllib.parse.urlsplit(url).scheme == "file":
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "file":
         return None
     if os.environ.get(ENV_OFFLINE, "").strip() not in ("", "0"):
         return f"{ENV_OFFLINE} is set"
-    parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     result: list[str | None] = []
@@ -125,30 +124,38 @@ class InstalledModel:
 
 def download(url: str, dest: Path, *, sha256: str | None = None, progress: bool = False) -> str:
     """Fetch ``url`` (http(s) or ``file:``) to ``dest``: streamed to ``dest.part``, hashed on
-    the way, checked against ``sha256`` when given, then renamed into place.  Returns the
-    sha256.  A failure or a Ctrl-C leaves neither file; a wrong digest is ``ModelUnavailable``."""
+    the way, checked against ``sha256`` when given (the whole digest, or its first characters:
+    Demucs names its files by an 8-character prefix), then renamed into place.  Returns the
+    sha256.  A failure or a Ctrl-C leaves neither file.  A transfer that fails or a wrong digest
+    is ``ModelUnavailable`` naming the URL (the caller adds what to do instead)."""
     import hashlib
+    import http.client
     import urllib.request
 
     part = dest.with_name(dest.name + ".part")
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            bar = None
-            if progress:
-                from tqdm import tqdm
-                bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=dest.name, leave=False)
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-            if bar is not None:
-                bar.close()
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0)
+                bar = None
+                if progress:
+                    from tqdm import tqdm
+                    bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=dest.name, leave=False)
+                try:
+                    while chunk := response.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        if bar is not None:
+                            bar.update(len(chunk))
+                finally:
+                    if bar is not None:
+                        bar.close()
+        except (OSError, ValueError, http.client.HTTPException) as err:   # URLError is an OSError
+            raise ModelUnavailable(f"download of {url} failed ({err.__class__.__name__}: {err})") from None
         got = digest.hexdigest()
-        if sha256 and got != sha256.lower():
-            raise ModelUnavailable(f"{url} is not the published file: sha256 {got[:16]}…, expected "
+        if sha256 and not got.startswith(sha256.lower()):
+            raise ModelUnavailable(f"{url} is not the published file: its sha256 hash is {got[:16]}…, expected "
                                    f"{sha256[:16]}…; nothing was installed")
         os.replace(part, dest)
         return got

@@ -159,24 +159,15 @@ def pull(name: str, root: str | os.PathLike | None = None, *, progress: bool = F
         if reason:
             raise ModelUnavailable(
                 f"cannot download Demucs model {name!r}: {reason}. " + copy_instructions(entry, repo, todo))
-        import torch.hub
-
         from ...storage.local import created_folders
+        from ..weights import download
         # a failed or interrupted pull leaves no partial file and no folder it created
         with created_folders([repo / f.file for f in todo]):
             for f in todo:
-                part = repo / (f.file + ".part")
                 try:
-                    torch.hub.download_url_to_file(_url(f), str(part), hash_prefix=f.checksum,
-                                                   progress=progress)
-                except BaseException as exc:  # URLError, OSError, bad hash, Ctrl-C
-                    part.unlink(missing_ok=True)
-                    if not isinstance(exc, Exception):
-                        raise
-                    raise ModelUnavailable(
-                        f"download of {_url(f)} failed ({exc.__class__.__name__}: {exc}). "
-                        + copy_instructions(entry, repo, [f])) from None
-                os.replace(part, repo / f.file)
+                    download(_url(f), repo / f.file, sha256=f.checksum, progress=progress)
+                except ModelUnavailable as err:     # the transfer failed, or the bytes are not the file
+                    raise ModelUnavailable(f"{err.message}. " + copy_instructions(entry, repo, [f])) from None
     write_bag_yaml(entry, repo)
     return [repo / f.file for f in entry.files]
 

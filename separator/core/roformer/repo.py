@@ -116,11 +116,8 @@ def pull(name: str, root: str | os.PathLike | None = None, *, progress: bool = F
             got = download(entry.checkpoint.url, ckpt, sha256=entry.checkpoint.sha256, progress=progress)
             if not entry.checkpoint.sha256:      # nothing published: remember what we verified against
                 Path(f"{ckpt}.sha256").write_text(got + "\n")
-    except ModelUnavailable:
-        raise
-    except OSError as err:                          # URLError is an OSError
-        raise ModelUnavailable(f"download of RoFormer model {name!r} failed ({err}). "
-                               + copy_instructions(entry, folder)) from None
+    except ModelUnavailable as err:              # the transfer failed, or the bytes are not the file
+        raise ModelUnavailable(f"{err.message}. " + copy_instructions(entry, folder)) from None
     return [ckpt, cfg]
 
 
