@@ -132,25 +132,19 @@ def download(url: str, dest: Path, *, sha256: str | None = None, progress: bool 
     import http.client
     import urllib.request
 
+    from tqdm import tqdm
+
     part = dest.with_name(dest.name + ".part")
     digest = hashlib.sha256()
     try:
         try:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, "wb") as out:
-                total = int(response.headers.get("Content-Length") or 0)
-                bar = None
-                if progress:
-                    from tqdm import tqdm
-                    bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=dest.name, leave=False)
-                try:
-                    while chunk := response.read(1 << 20):
-                        digest.update(chunk)
-                        out.write(chunk)
-                        if bar is not None:
-                            bar.update(len(chunk))
-                finally:
-                    if bar is not None:
-                        bar.close()
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, "wb") as out, \
+                    tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
+                         desc=dest.name, leave=False, disable=not progress) as bar:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    bar.update(len(chunk))
         except (OSError, ValueError, http.client.HTTPException) as err:   # URLError is an OSError
             raise ModelUnavailable(f"download of {url} failed ({err.__class__.__name__}: {err})") from None
         got = digest.hexdigest()
